@@ -1,0 +1,285 @@
+"""Input spec -> export examples, torch.export dynamic shapes, and validation input sets.
+
+The spec is plain config (names, dtypes, shapes, dynamic dims with ranges); this module is the
+only place that turns it into tensors, so capture and validation always agree.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from onnxbuild.errors import ConfigError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+FLOAT_DTYPES = {"float32", "float16", "bfloat16", "float64"}
+INT_DTYPES = {"int64", "int32", "int16", "int8", "uint8"}
+SUPPORTED_DTYPES = FLOAT_DTYPES | INT_DTYPES | {"bool"}
+
+
+@dataclass(frozen=True)
+class DynamicDim:
+    name: str
+    min: int
+    max: int
+
+
+@dataclass
+class InputSpec:
+    name: str
+    dtype: str
+    shape: list[int]
+    dynamic: dict[int, DynamicDim] = field(default_factory=dict)
+    low: float | None = None
+    high: float | None = None
+    keyword: bool = False
+    constant: bool = False
+    value: Any = None
+
+
+@dataclass
+class ShapeSet:
+    """One validation shape: a label and the size of every dynamic dim (by dim name)."""
+
+    label: str
+    sizes: dict[str, int]
+
+
+def parse_specs(input_cfg: DictConfig) -> list[InputSpec]:
+    """Check the spec's internal consistency; errors name the offending key."""
+    raw = OmegaConf.to_container(input_cfg.inputs, resolve=True)
+    if not raw:
+        raise ConfigError("the input spec lists no inputs", key="input.inputs", hint="add at least one input")
+    specs: list[InputSpec] = []
+    dims_by_name: dict[str, DynamicDim] = {}
+    seen: set[str] = set()
+    for i, item in enumerate(raw):
+        key = f"input.inputs[{i}]"
+        name = item["name"]
+        if name in seen:
+            raise ConfigError(
+                f"duplicate input name '{name}'", key=f"{key}.name", hint="input names must be unique"
+            )
+        seen.add(name)
+        if item.get("constant"):
+            specs.append(
+                InputSpec(
+                    name=name,
+                    dtype="constant",
+                    shape=[],
+                    keyword=True,
+                    constant=True,
+                    value=item.get("value"),
+                )
+            )
+            continue
+        dtype = item["dtype"]
+        if dtype not in SUPPORTED_DTYPES:
+            raise ConfigError(
+                f"unknown dtype '{dtype}'", key=f"{key}.dtype", hint=f"one of {sorted(SUPPORTED_DTYPES)}"
+            )
+        shape = list(item["shape"])
+        if any(s < 0 for s in shape):
+            raise ConfigError(
+                f"negative size in shape {shape}", key=f"{key}.shape", hint="sizes must be >= 0"
+            )
+        dynamic: dict[int, DynamicDim] = {}
+        for dim_index, dim in (item.get("dynamic") or {}).items():
+            dim_index = int(dim_index)
+            dkey = f"{key}.dynamic.{dim_index}"
+            if not 0 <= dim_index < len(shape):
+                raise ConfigError(
+                    f"dim {dim_index} is outside shape {shape}",
+                    key=dkey,
+                    hint="dynamic dims index into `shape`",
+                )
+            ddim = DynamicDim(name=dim["name"], min=int(dim["min"]), max=int(dim["max"]))
+            if ddim.min < 0 or ddim.max < ddim.min:
+                raise ConfigError(
+                    f"invalid range [{ddim.min}, {ddim.max}]", key=dkey, hint="need 0 <= min <= max"
+                )
+            if ddim.max < 2:
+                raise ConfigError(
+                    f"dynamic dim '{ddim.name}' has max {ddim.max}: it cannot be traced at a size >= 2",
+                    key=f"{dkey}.max",
+                    hint="torch.export specializes sizes 0 and 1; raise max to >= 2 or make the dim static",
+                )
+            previous = dims_by_name.setdefault(ddim.name, ddim)
+            if previous != ddim:
+                raise ConfigError(
+                    f"dynamic dim '{ddim.name}' declared with ranges [{previous.min}, {previous.max}] and "
+                    f"[{ddim.min}, {ddim.max}]",
+                    key=dkey,
+                    hint="a shared dim name must have one range",
+                )
+            dynamic[dim_index] = ddim
+        specs.append(
+            InputSpec(
+                name=name,
+                dtype=dtype,
+                shape=shape,
+                dynamic=dynamic,
+                low=item.get("low"),
+                high=item.get("high"),
+                keyword=bool(item.get("keyword")),
+            )
+        )
+    return specs
+
+
+def dynamic_dims(specs: list[InputSpec]) -> dict[str, DynamicDim]:
+    dims: dict[str, DynamicDim] = {}
+    for spec in specs:
+        for ddim in spec.dynamic.values():
+            dims.setdefault(ddim.name, ddim)
+    return dims
+
+
+def export_sizes(specs: list[InputSpec]) -> dict[str, int]:
+    """The size each dynamic dim is traced at: the spec's example, moved to >= 2 if needed.
+
+    Tracing a dynamic dim at 0 or 1 makes torch.export specialize it (0/1 specialization), so an
+    example of 1 (common for batch) is replaced by max(2, min), which is always inside the range.
+    """
+    sizes: dict[str, int] = {}
+    for spec in specs:
+        for dim_index, ddim in spec.dynamic.items():
+            if ddim.name in sizes:
+                continue
+            example = spec.shape[dim_index]
+            if example < 2 or not ddim.min <= example <= ddim.max:
+                example = max(2, ddim.min)
+            sizes[ddim.name] = example
+    return sizes
+
+
+def concrete_shape(spec: InputSpec, sizes: dict[str, int]) -> list[int]:
+    shape = list(spec.shape)
+    for dim_index, ddim in spec.dynamic.items():
+        shape[dim_index] = sizes[ddim.name]
+    return shape
+
+
+def _odd_size(ddim: DynamicDim, avoid: set[int]) -> int | None:
+    """An odd size strictly inside (min, max) that no other set uses, if the range has one."""
+    mid = (ddim.min + ddim.max) // 2
+    candidates = sorted(range(ddim.min + 1, ddim.max), key=lambda v: (abs(v - mid), v))
+    for value in candidates:
+        if value % 2 == 1 and value not in avoid:
+            return value
+    return None
+
+
+def validation_shape_sets(
+    specs: list[InputSpec], include_example: bool = True, include_odd: bool = True
+) -> list[ShapeSet]:
+    """min and max of every dynamic dim (together), the export example, and one odd in-between size.
+
+    Dims move together rather than as a cartesian product: 4 sets cover the boundaries and an
+    unaligned size without an explosion in the number of runs.
+    """
+    dims = dynamic_dims(specs)
+    if not dims:
+        return [ShapeSet("static", {})]
+    sets = [
+        ShapeSet("min", {n: d.min for n, d in dims.items()}),
+        ShapeSet("max", {n: d.max for n, d in dims.items()}),
+    ]
+    if include_example:
+        sets.append(ShapeSet("example", export_sizes(specs)))
+    if include_odd:
+        odd: dict[str, int] = {}
+        for n, d in dims.items():
+            value = _odd_size(d, {s.sizes[n] for s in sets})
+            odd[n] = value if value is not None else export_sizes(specs)[n]
+        sets.append(ShapeSet("odd", odd))
+    unique: list[ShapeSet] = []
+    for s in sets:
+        if all(s.sizes != u.sizes for u in unique):
+            unique.append(s)
+    return unique
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    import torch
+
+    return getattr(torch, name)
+
+
+def make_tensor(spec: InputSpec, shape: list[int], generator: torch.Generator) -> torch.Tensor:
+    """Seeded values that respect the dtype and the declared range."""
+    import torch
+
+    dtype = torch_dtype(spec.dtype)
+    if spec.dtype == "bool":
+        return torch.rand(shape, generator=generator) > 0.5
+    if spec.dtype in INT_DTYPES:
+        low = int(spec.low) if spec.low is not None else 0
+        high = int(spec.high) if spec.high is not None else 100
+        return torch.randint(low, high, shape, generator=generator, dtype=dtype)
+    if spec.low is not None or spec.high is not None:
+        low = float(spec.low if spec.low is not None else 0.0)
+        high = float(spec.high if spec.high is not None else 1.0)
+        return (torch.rand(shape, generator=generator) * (high - low) + low).to(dtype)
+    return torch.randn(shape, generator=generator).to(dtype)
+
+
+def make_inputs(specs: list[InputSpec], sizes: dict[str, int], seed: int) -> dict[str, Any]:
+    """Tensors for every tensor input (by spec name) plus the constant values, in spec order."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    values: dict[str, Any] = {}
+    for spec in specs:
+        if spec.constant:
+            values[spec.name] = spec.value
+        else:
+            values[spec.name] = make_tensor(spec, concrete_shape(spec, sizes), generator)
+    return values
+
+
+def split_call(specs: list[InputSpec], values: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """(args, kwargs) for model(*args, **kwargs): positional in spec order, keyword/constant by name."""
+    args = tuple(values[s.name] for s in specs if not (s.keyword or s.constant))
+    kwargs = {s.name: values[s.name] for s in specs if s.keyword or s.constant}
+    return args, kwargs
+
+
+def export_dynamic_shapes(
+    model: torch.nn.Module, specs: list[InputSpec], args: tuple, kwargs: dict
+) -> dict[str, Any] | None:
+    """torch.export `dynamic_shapes`, keyed by the forward's parameter names."""
+    from torch.export import Dim
+
+    if not dynamic_dims(specs):
+        return None
+    dim_objects = {n: Dim(n, min=d.min, max=d.max) for n, d in dynamic_dims(specs).items()}
+    spec_by_name = {s.name: s for s in specs}
+    try:
+        bound = inspect.signature(model.forward).bind(*args, **kwargs)
+    except TypeError as exc:
+        raise ConfigError(
+            f"the input spec does not fit {type(model).__name__}.forward: {exc}",
+            key="input.inputs",
+            hint="match the number and names of the forward's arguments",
+        ) from exc
+    positional = [s for s in specs if not (s.keyword or s.constant)]
+    shapes: dict[str, Any] = {}
+    for index, (param, _value) in enumerate(bound.arguments.items()):
+        spec = positional[index] if index < len(positional) else spec_by_name.get(param)
+        if spec is None or spec.constant or not spec.dynamic:
+            shapes[param] = None
+        else:
+            shapes[param] = {i: dim_objects[d.name] for i, d in spec.dynamic.items()}
+    return shapes
+
+
+def to_numpy_feed(specs: list[InputSpec], values: dict[str, Any]) -> dict[str, np.ndarray]:
+    """onnxruntime feed: tensor inputs by name (constants are baked into the graph)."""
+    return {s.name: values[s.name].detach().cpu().numpy() for s in specs if not s.constant}

@@ -1,0 +1,130 @@
+"""Model factory: allowlisted `_target_` import, seeded construction, safe checkpoint loading."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from onnxbuild.errors import ModelError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+# Factories users may name without extra configuration.
+BUILTIN_ALLOWED_PREFIXES: tuple[str, ...] = ("torchvision.models.", "onnxbuild.")
+
+
+def allowed_prefixes(model_cfg: DictConfig, extra: list[str] | None = None) -> list[str]:
+    return [*BUILTIN_ALLOWED_PREFIXES, *list(model_cfg.get("allowed_prefixes") or []), *(extra or [])]
+
+
+def resolve_target(target: str, prefixes: list[str]) -> Any:
+    """Import the factory named by `target` if it is inside the allowlist."""
+    if not target or target == "???":
+        raise ModelError(
+            "no factory given", key="model._target_", hint="set model._target_=package.module.factory"
+        )
+    if not any(target.startswith(p) for p in prefixes):
+        raise ModelError(
+            f"'{target}' is outside the allowlist {prefixes}",
+            key="model._target_",
+            hint=f"add its package to model.allowed_prefixes, e.g. model.allowed_prefixes=[{target.split('.')[0]}.]",
+        )
+    module_name, _, attr = target.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+        return getattr(module, attr)
+    except (ImportError, AttributeError) as exc:
+        raise ModelError(
+            f"cannot import '{target}': {exc}",
+            key="model._target_",
+            hint="check the spelling and that the package is installed in this environment",
+        ) from exc
+
+
+def check_checkpoint(model_cfg: DictConfig) -> Path | None:
+    """Fail early (before any work) when a configured checkpoint does not exist."""
+    ckpt = model_cfg.get("checkpoint")
+    if not ckpt:
+        return None
+    path = Path(str(ckpt)).expanduser()
+    if not path.is_file():
+        raise ModelError(
+            f"checkpoint file not found: {path}",
+            key="model.checkpoint",
+            hint="give an existing .safetensors or state_dict .pt file, or model.checkpoint=null",
+        )
+    if path.suffix not in (".safetensors", ".pt", ".pth", ".bin"):
+        raise ModelError(
+            f"unsupported checkpoint format '{path.suffix}'",
+            key="model.checkpoint",
+            hint="use .safetensors or a state_dict saved with torch.save (.pt/.pth)",
+        )
+    return path
+
+
+def load_state_dict(path: Path) -> dict[str, Any]:
+    """Load weights without executing pickled code (safetensors, or torch.load weights_only)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    import torch
+
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors are many types; all mean "not a plain state_dict"
+        raise ModelError(
+            f"cannot load {path.name} with weights_only=True: {str(exc).splitlines()[0]}",
+            key="model.checkpoint",
+            hint="save a plain state_dict (torch.save(model.state_dict(), path)) or use safetensors",
+        ) from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ModelError(
+            f"{path.name} holds a {type(state).__name__}, not a state_dict",
+            key="model.checkpoint",
+            hint="save model.state_dict(), not the whole model",
+        )
+    return state
+
+
+def build_model(model_cfg: DictConfig, seed: int, extra_prefixes: list[str] | None = None) -> nn.Module:
+    """Create the model in eval mode: seeded init, then the checkpoint if one is configured."""
+    import torch
+
+    factory = resolve_target(str(model_cfg._target_), allowed_prefixes(model_cfg, extra_prefixes))
+    kwargs = OmegaConf.to_container(model_cfg.kwargs, resolve=True) if model_cfg.get("kwargs") else {}
+    torch.manual_seed(seed)
+    try:
+        model = factory(**kwargs)
+    except TypeError as exc:
+        raise ModelError(
+            f"'{model_cfg._target_}' rejected its arguments: {exc}",
+            key="model.kwargs",
+            hint="check model.kwargs against the factory's signature",
+        ) from exc
+    if not isinstance(model, torch.nn.Module):
+        raise ModelError(
+            f"'{model_cfg._target_}' returned {type(model).__name__}, not a torch.nn.Module",
+            key="model._target_",
+            hint="point _target_ at a function or class that builds an nn.Module",
+        )
+    ckpt = check_checkpoint(model_cfg)
+    if ckpt is not None:
+        state = load_state_dict(ckpt)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0]
+            detail = " ".join(str(exc).split())[:300]
+            raise ModelError(
+                f"checkpoint {ckpt.name} does not fit the model: {first} {detail}",
+                key="model.checkpoint",
+                hint="the checkpoint must come from the same architecture and model.kwargs",
+            ) from exc
+    return model.eval()

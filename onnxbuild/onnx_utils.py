@@ -1,0 +1,121 @@
+"""Small, dependency-light helpers on ONNX ModelProtos: counting, canonicalizing, saving."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from onnxbuild import __version__
+
+if TYPE_CHECKING:
+    import onnx
+
+# Models whose serialized size exceeds this are saved with external data (protobuf caps at 2 GiB).
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+# Node metadata that holds machine-specific text (absolute source paths): never kept.
+VOLATILE_METADATA_KEYS = ("pkg.torch.onnx.stack_trace",)
+
+
+def op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    return dict(sorted(Counter(node.op_type for node in model.graph.node).items()))
+
+
+def node_count(model: onnx.ModelProto) -> int:
+    return len(model.graph.node)
+
+
+def _all_graphs(model: onnx.ModelProto):
+    """The main graph and every subgraph (If/Loop/Scan bodies), depth first."""
+    import onnx
+
+    stack = [model.graph]
+    while stack:
+        graph = stack.pop()
+        yield graph
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    stack.append(attr.g)
+                elif attr.type == onnx.AttributeProto.GRAPHS:
+                    stack.extend(attr.graphs)
+
+
+def canonicalize(model: onnx.ModelProto) -> None:
+    """Remove everything that varies between machines or runs, in place.
+
+    Stack traces carry absolute source paths; doc strings and producer fields carry versions and
+    free text. The manifest records tool versions instead.
+    """
+    model.doc_string = ""
+    model.producer_name = "onnxbuild"
+    model.producer_version = __version__
+    for graph in _all_graphs(model):
+        graph.doc_string = ""
+        for node in graph.node:
+            node.doc_string = ""
+            kept = [p for p in node.metadata_props if p.key not in VOLATILE_METADATA_KEYS]
+            del node.metadata_props[:]
+            node.metadata_props.extend(kept)
+        for value in [*graph.input, *graph.output, *graph.value_info]:
+            value.doc_string = ""
+    for function in model.functions:
+        function.doc_string = ""
+        for node in function.node:
+            node.doc_string = ""
+            kept = [p for p in node.metadata_props if p.key not in VOLATILE_METADATA_KEYS]
+            del node.metadata_props[:]
+            node.metadata_props.extend(kept)
+
+
+def rename_dim_params(model: onnx.ModelProto, mapping: dict[str, str]) -> None:
+    """Replace exporter symbols (s77) by the spec's dim names (batch), in every shape, in place."""
+    if not mapping:
+        return
+    pattern = re.compile(
+        r"\b(" + "|".join(re.escape(k) for k in sorted(mapping, key=len, reverse=True)) + r")\b"
+    )
+    for graph in _all_graphs(model):
+        for value in [*graph.input, *graph.output, *graph.value_info]:
+            if not value.type.HasField("tensor_type"):
+                continue
+            for dim in value.type.tensor_type.shape.dim:
+                if dim.HasField("dim_param"):
+                    dim.dim_param = pattern.sub(lambda m: mapping[m.group(1)], dim.dim_param)
+
+
+def input_dims(model: onnx.ModelProto) -> dict[str, list[int | str]]:
+    """Per graph input: each dim as its int size or its symbolic name."""
+    initializers = {init.name for init in model.graph.initializer}
+    dims: dict[str, list[int | str]] = {}
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        shape = value.type.tensor_type.shape
+        dims[value.name] = [d.dim_param if d.HasField("dim_param") else d.dim_value for d in shape.dim]
+    return dims
+
+
+def save_model(model: onnx.ModelProto, path: Path) -> list[Path]:
+    """Save next to its external data file when too large for one protobuf; return files written."""
+    import onnx
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if model.ByteSize() < EXTERNAL_DATA_THRESHOLD:
+        path.write_bytes(model.SerializeToString(deterministic=True))
+        return [path]
+    data_name = path.name + ".data"
+    data_path = path.with_name(data_name)
+    if data_path.exists():
+        data_path.unlink()
+    onnx.save_model(
+        model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data_name
+    )
+    return [path, data_path]
+
+
+def load_model(path: Path) -> onnx.ModelProto:
+    import onnx
+
+    return onnx.load(str(path), load_external_data=True)

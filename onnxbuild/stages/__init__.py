@@ -1,0 +1,1 @@
+"""Pipeline stages. Each module exposes NAME, VERSION and run(ctx, section, upstream) -> Artifact."""

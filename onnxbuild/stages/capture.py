@@ -1,0 +1,139 @@
+"""capture: torch.export the eager model with dynamic shapes derived from the input spec."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from omegaconf import DictConfig
+
+from onnxbuild.artifacts import file_sha256
+from onnxbuild.context import Artifact, BuildContext
+from onnxbuild.errors import ConfigError, StageError
+from onnxbuild.inputs import export_dynamic_shapes, export_sizes, make_inputs, split_call
+
+NAME = "capture"
+VERSION = 1
+STRATEGIES = {"auto": ["non_strict", "strict"], "non_strict": ["non_strict"], "strict": ["strict"]}
+log = logging.getLogger("onnxbuild")
+
+
+def output_names(outputs: Any, configured: list[str]) -> tuple[list[str], list[str]]:
+    """Stable names for the flattened outputs (dict keys, attribute names, indices) and leaf kinds."""
+    from torch.utils._pytree import GetAttrKey, MappingKey, SequenceKey, tree_flatten_with_path
+
+    leaves, _ = tree_flatten_with_path(outputs)
+    names: list[str] = []
+    for path, _leaf in leaves:
+        parts = []
+        for entry in path:
+            if isinstance(entry, MappingKey):
+                parts.append(str(entry.key))
+            elif isinstance(entry, GetAttrKey):
+                parts.append(entry.name)
+            elif isinstance(entry, SequenceKey):
+                parts.append(str(entry.idx))
+            else:
+                parts.append(str(entry))
+        names.append(".".join(parts))
+    if len(names) == 1 and names[0] in ("", "0"):
+        names = ["output"]
+    elif names and all(n.isdigit() for n in names):
+        names = [f"output_{n}" for n in names]
+    if configured:
+        if len(configured) != len(names):
+            raise ConfigError(
+                f"{len(configured)} output names given but the model returns {len(names)} outputs ({names})",
+                key="input.output_names",
+                hint="give one name per flattened output, or leave output_names empty",
+            )
+        names = list(configured)
+    kinds = [type(leaf).__name__ for _, leaf in leaves]
+    return names, kinds
+
+
+def _hint_for(exc: BaseException) -> str:
+    text = str(exc)
+    if (
+        "data-dependent" in text
+        or "GuardOnDataDependentSymNode" in type(exc).__name__
+        or "Could not guard on data-dependent" in text
+    ):
+        return "the model branches on tensor values in Python; express the branch with torch.cond so both sides are captured"
+    if "Constraints violated" in text or "specialized" in text:
+        return (
+            "the model fixes a dim declared dynamic; make it static in the input spec or narrow its min/max"
+        )
+    return "run with HYDRA_FULL_ERROR=1 for the exporter's trace; try capture.strategy=strict or non_strict"
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()[:limit]
+    return type(exc).__name__
+
+
+def run(ctx: BuildContext, section: DictConfig, upstream: Artifact | None = None) -> Artifact:
+    import inspect
+
+    import torch
+
+    model = ctx.model()
+    sizes = export_sizes(ctx.specs)
+    values = make_inputs(ctx.specs, sizes, seed=int(ctx.cfg.seed))
+    values = {k: v.to(ctx.torch_device) if isinstance(v, torch.Tensor) else v for k, v in values.items()}
+    args, kwargs = split_call(ctx.specs, values)
+    shapes_text = {k: list(v.shape) for k, v in values.items() if isinstance(v, torch.Tensor)}
+    try:
+        with torch.no_grad():
+            outputs = model(*args, **kwargs)
+    except Exception as exc:
+        raise ConfigError(
+            f"the model rejects the example inputs {shapes_text}: {first_line(exc)}",
+            key="input.inputs",
+            hint="make input shapes/dtypes match what the model's forward expects",
+        ) from exc
+    names, kinds = output_names(outputs, list(ctx.cfg.input.output_names or []))
+    dynamic_shapes = export_dynamic_shapes(model, ctx.specs, args, kwargs)
+
+    errors: list[str] = []
+    exported = None
+    last_exc: BaseException | None = None
+    strategy_used = None
+    for strategy in STRATEGIES[str(section.strategy)]:
+        try:
+            exported = torch.export.export(
+                model, args, kwargs, dynamic_shapes=dynamic_shapes, strict=strategy == "strict"
+            )
+            strategy_used = strategy
+            break
+        except Exception as exc:  # the exporter raises many unrelated types
+            log.warning("capture with strategy %s failed: %s", strategy, first_line(exc))
+            errors.append(f"{strategy}: {first_line(exc)}")
+            last_exc = exc
+    if exported is None:
+        raise StageError(
+            "; ".join(errors), stage=NAME, key="capture.strategy", hint=_hint_for(last_exc)
+        ) from last_exc
+
+    # Map the forward's parameter names (placeholder names) to the spec's input names.
+    positional = [s.name for s in ctx.specs if not (s.keyword or s.constant)]
+    params = list(inspect.signature(model.forward).parameters)
+    placeholder_to_input = {params[i]: name for i, name in enumerate(positional) if i < len(params)}
+    path = ctx.stage_dir / "capture.pt2"
+    torch.export.save(exported, str(path))
+    constants = {s.name: s.value for s in ctx.specs if s.constant}
+    return Artifact(
+        path=path,
+        digest=file_sha256(path),
+        payload=exported,
+        info={
+            "strategy": strategy_used,
+            "fallback_errors": errors,
+            "example_sizes": sizes,
+            "fx_nodes": sum(1 for n in exported.graph.nodes if n.op == "call_function"),
+            "constants": constants,
+            "io": {"placeholder_to_input": placeholder_to_input, "outputs": names, "output_kinds": kinds},
+        },
+    )

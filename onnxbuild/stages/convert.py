@@ -1,0 +1,126 @@
+"""convert: torch.onnx.export (dynamo exporter) of the ExportedProgram at the requested opset."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from omegaconf import DictConfig
+
+from onnxbuild.artifacts import file_sha256
+from onnxbuild.context import Artifact, BuildContext
+from onnxbuild.errors import StageError
+from onnxbuild.onnx_utils import (
+    canonicalize,
+    input_dims,
+    node_count,
+    op_counts,
+    rename_dim_params,
+    save_model,
+)
+from onnxbuild.stages.capture import first_line
+
+NAME = "convert"
+VERSION = 1
+log = logging.getLogger("onnxbuild")
+
+
+def check_outputs_are_tensors(io: dict[str, Any]) -> None:
+    for name, kind in zip(io["outputs"], io["output_kinds"], strict=False):
+        if kind != "Tensor":
+            raise StageError(
+                f"output '{name}' is a Python {kind} (a SymInt/constant in the exported graph), not a tensor; "
+                "ONNX graphs can only return tensors",
+                stage=NAME,
+                key="model",
+                hint="return a tensor from forward, e.g. torch.tensor(x.numel()) or x.new_tensor(value)",
+            )
+
+
+def check_dynamic_dims(ctx: BuildContext, model: Any, stage: str) -> dict[str, list[int | str]]:
+    """Every dim the spec declares dynamic must still be symbolic, under the spec's dim name."""
+    dims = input_dims(model)
+    for spec in ctx.specs:
+        if spec.constant:
+            continue
+        if spec.name not in dims:
+            raise StageError(
+                f"input '{spec.name}' is missing from the ONNX graph (inputs: {list(dims)})",
+                stage=stage,
+                key="input.inputs",
+                hint="an input the model ignores is dropped by the exporter; remove it from the spec",
+            )
+        for index, ddim in spec.dynamic.items():
+            actual = dims[spec.name][index]
+            if not isinstance(actual, str) or not actual:
+                raise StageError(
+                    f"dynamic dim '{ddim.name}' of input '{spec.name}' became static ({actual})",
+                    stage=stage,
+                    key=f"input.inputs.{spec.name}.dynamic",
+                    hint="the graph fixes this size; declare it static or check the model for size-dependent code",
+                )
+    return dims
+
+
+def symbol_mapping(ctx: BuildContext, model: Any) -> dict[str, str]:
+    """Exporter symbol (s77) -> spec dim name (batch), read off the graph inputs."""
+    dims = input_dims(model)
+    mapping: dict[str, str] = {}
+    for spec in ctx.specs:
+        for index, ddim in spec.dynamic.items():
+            actual = dims.get(spec.name, [])
+            if index < len(actual) and isinstance(actual[index], str) and actual[index].isidentifier():
+                mapping[actual[index]] = ddim.name
+    return mapping
+
+
+def run(ctx: BuildContext, section: DictConfig, upstream: Artifact) -> Artifact:
+    import onnx
+    import torch
+
+    io = upstream.info["io"]
+    check_outputs_are_tensors(io)
+    ep = upstream.payload if upstream.payload is not None else torch.export.load(str(upstream.path))
+    user_inputs = [name for name in ep.graph_signature.user_inputs if isinstance(name, str)]
+    input_names = [io["placeholder_to_input"].get(name, name) for name in user_inputs]
+    try:
+        program = torch.onnx.export(
+            ep,
+            (),
+            dynamo=True,
+            opset_version=int(section.opset),
+            input_names=input_names,
+            output_names=list(io["outputs"]),
+            optimize=False,
+            verbose=False,
+            external_data=True,
+        )
+    except Exception as exc:
+        raise StageError(
+            f"torch.onnx.export failed at opset {section.opset}: {first_line(exc)}",
+            stage=NAME,
+            key="opset",
+            hint="run with HYDRA_FULL_ERROR=1 for the exporter's report; an unsupported op needs a custom translation",
+        ) from exc
+    model = program.model_proto
+    canonicalize(model)
+    rename_dim_params(model, symbol_mapping(ctx, model))
+    dims = check_dynamic_dims(ctx, model, NAME)
+    path = ctx.stage_dir / "convert.onnx"
+    files = save_model(model, path)
+    try:
+        onnx.checker.check_model(str(path) if len(files) > 1 else model)
+    except onnx.checker.ValidationError as exc:
+        raise StageError(
+            f"onnx.checker rejected the graph: {first_line(exc)}",
+            stage=NAME,
+            key="opset",
+            hint="try another opset",
+        ) from exc
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    return Artifact(
+        path=path,
+        digest=file_sha256(path),
+        payload=model if len(files) == 1 else None,
+        info={"nodes": node_count(model), "op_counts": op_counts(model), "opset": opset, "input_dims": dims},
+    )

@@ -1,0 +1,46 @@
+"""The one-screen summary the CLI prints at the end of a build."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def format_summary(report: dict[str, Any]) -> str:
+    lines = [f"onnxbuild: {report['model_name']} opset {report['opset']} -> {report['status'].upper()}"]
+    lines.append(f"  {'stage':<12} {'status':<8} {'seconds':>8}  details")
+    for stage in report["stages"]:
+        info = stage.get("info", {})
+        details = []
+        for key in (
+            "strategy",
+            "fx_nodes",
+            "fx_nodes_before",
+            "fx_nodes_after",
+            "batchnorm_folded",
+            "nodes_before",
+            "nodes",
+            "opset",
+        ):
+            if key in info:
+                details.append(f"{key}={info[key]}")
+        if stage.get("error"):
+            details.append(stage["error"])
+        seconds = f"{stage['seconds']:.2f}" if "seconds" in stage else "-"
+        lines.append(f"  {stage['name']:<12} {stage['status']:<8} {seconds:>8}  {' '.join(details)}")
+    validation = report.get("validation")
+    if validation:
+        lines.append(
+            f"  validation: {'passed' if validation['passed'] else 'FAILED'}, max abs error "
+            f"{validation['max_abs_error']:.3g}, max rel error {validation['max_rel_error']:.3g}"
+        )
+        for item in validation["input_sets"]:
+            shapes = " ".join(f"{k}={v}" for k, v in item["input_shapes"].items())
+            lines.append(
+                f"    {item['label']:<8} {'ok' if item['passed'] else 'FAIL':<4} max_abs={item['max_abs']:.3g}  {shapes}"
+            )
+    for warning in report.get("warnings", []):
+        lines.append(f"  warning: {warning}")
+    lines.append(f"  run dir: {report['run_dir']}")
+    if report.get("model"):
+        lines.append(f"  model:   {report['model']}")
+    return "\n".join(lines)
