@@ -13,6 +13,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from onnxbuild.errors import BuildError
+from onnxbuild.logutil import FILE_ONLY
 from onnxbuild.schema import register
 
 log = logging.getLogger("onnxbuild")
@@ -40,7 +41,7 @@ def _task(cfg: DictConfig) -> None:
     try:
         result = run_build(cfg, run_dir)
     except BuildError as exc:
-        log.error("build failed: %s", exc.one_line())
+        log.error("build failed: %s", exc.one_line(), extra=FILE_ONLY)
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"onnxbuild: error: {exc.one_line()}", file=sys.stderr, flush=True)

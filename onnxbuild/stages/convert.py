@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 from onnxbuild.artifacts import file_sha256
 from onnxbuild.context import Artifact, BuildContext
 from onnxbuild.errors import StageError
+from onnxbuild.opset import EXPORTER_NATIVE_OPSET, convert_opset, default_opset
 from onnxbuild.onnx_utils import (
     canonicalize,
     input_dims,
@@ -83,12 +84,14 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact) -> Artifact:
     ep = upstream.payload if upstream.payload is not None else torch.export.load(str(upstream.path))
     user_inputs = [name for name in ep.graph_signature.user_inputs if isinstance(name, str)]
     input_names = [io["placeholder_to_input"].get(name, name) for name in user_inputs]
+    requested = int(section.opset)
+    export_opset = max(requested, EXPORTER_NATIVE_OPSET)
     try:
         program = torch.onnx.export(
             ep,
             (),
             dynamo=True,
-            opset_version=int(section.opset),
+            opset_version=export_opset,
             input_names=input_names,
             output_names=list(io["outputs"]),
             optimize=False,
@@ -103,6 +106,8 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact) -> Artifact:
             hint="run with HYDRA_FULL_ERROR=1 for the exporter's report; an unsupported op needs a custom translation",
         ) from exc
     model = program.model_proto
+    if requested < export_opset:
+        model = convert_opset(model, requested)
     canonicalize(model)
     rename_dim_params(model, symbol_mapping(ctx, model))
     dims = check_dynamic_dims(ctx, model, NAME)
@@ -117,7 +122,10 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact) -> Artifact:
             key="opset",
             hint="try another opset",
         ) from exc
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    opset = default_opset(model)
+    if opset != requested:
+        raise StageError(f"the exported graph has opset {opset}, not the requested {requested}", stage=NAME,
+                         key="opset", hint="pick an opset the exporter supports (18 or newer)")
     return Artifact(
         path=path,
         digest=file_sha256(path),

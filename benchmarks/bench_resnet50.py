@@ -1,0 +1,46 @@
+"""onnxbuild resnet50 build vs the hand-written script, whole processes, alternating, median of N.
+
+Prints wall seconds for each and the ratio onnxbuild / script (target: <= 1.0).
+Usage: python benchmarks/bench_resnet50.py [--runs 3] [--model resnet50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def timed(cmd: list[str], cwd: Path) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-2000:]}")
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    ours, theirs = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for i in range(args.runs):
+            ours.append(timed([sys.executable, "-m", "onnxbuild", "model=resnet50", f"hydra.run.dir={root}/ob{i}"], root))
+            theirs.append(timed([sys.executable, str(HERE / "handwritten_resnet50.py"), str(root / f"hw{i}")], root))
+            print(f"run {i + 1}: onnxbuild {ours[-1]:.1f}s  script {theirs[-1]:.1f}s", flush=True)
+    ob, hw = statistics.median(ours), statistics.median(theirs)
+    print(f"resnet50 build, median of {args.runs}: onnxbuild {ob:.1f}s, hand-written script {hw:.1f}s, "
+          f"ratio {ob / hw:.2f} (target <= 1.0)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from onnxbuild.cli import config_dir
+from onnxbuild.schema import register
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = ["model=tiny_cnn", "input=image32"]
+
+register()
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+@pytest.fixture
+def make_cfg() -> Callable[..., DictConfig]:
+    return lambda *overrides: compose_config(list(overrides))
+
+
+def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run `python -m onnxbuild` in a subprocess, as a user would."""
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-m", "onnxbuild", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,22 @@
+"""Small models used by the tests (importable as tests.models with allowed_target_prefixes=[tests.])."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class CallCounterScale(nn.Module):
+    """Python-side state baked in at trace time: eager and ONNX disagree on every later call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return x * float(self.calls)
+
+
+class NotAModule:
+    """A factory that does not return an nn.Module."""

@@ -1,0 +1,93 @@
+"""`python -m onnxbuild` as a user runs it: default resnet end to end, multirun, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import torchvision
+
+from tests.conftest import run_cli
+
+
+def model_path_from(stdout: str) -> Path:
+    match = re.search(r"model:\s+(\S+model\.onnx)", stdout)
+    assert match, stdout
+    return Path(match.group(1))
+
+
+@pytest.mark.slow
+def test_default_build_is_resnet18_matching_eager(tmp_path: Path) -> None:
+    proc = run_cli([], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model_path = model_path_from(proc.stdout)
+    run_dir = model_path.parent
+    assert run_dir.is_relative_to(tmp_path / "outputs")
+    for name in ("manifest.json", "report.json", "validation.json", "SHA256SUMS", "onnxbuild.log", ".hydra/config.yaml"):
+        assert (run_dir / name).is_file(), name
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["config"]["model"]["name"] == "resnet18"
+    assert manifest["capture_strategy"] in ("non_strict", "strict")
+    assert {"torch", "onnx", "onnxruntime", "onnxscript", "onnxsim"} <= set(manifest["versions"])
+    [artifact] = manifest["artifacts"]
+    assert artifact["path"] == "model.onnx" and artifact["size"] == model_path.stat().st_size
+    report = json.loads((run_dir / "report.json").read_text())
+    assert [s["name"] for s in report["stages"]] == ["capture", "fx_optimize", "convert", "simplify", "validate"]
+    assert all(s["status"] == "ok" and s["seconds"] >= 0 for s in report["stages"])
+    assert report["validation"]["passed"]
+
+    onnx.checker.check_model(str(model_path))
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18(weights=None).eval()
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    for batch in (1, 7):
+        x = torch.randn(batch, 3, 224, 224)
+        with torch.no_grad():
+            expected = reference(x).numpy()
+        got = session.run(None, {"input": x.numpy()})[0]
+        assert got.shape == (batch, 1000)
+        assert np.abs(got - expected).max() <= 1e-4
+        assert expected.std() > 0
+
+
+def test_multirun_opsets(tmp_path: Path) -> None:
+    proc = run_cli(["-m", "opset=17,18", "model=tiny_cnn", "input=image32"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    models = sorted((tmp_path / "outputs" / "multirun").glob("*/*/*/model.onnx"))
+    assert len(models) == 2
+    opsets = sorted(next(o.version for o in onnx.load(str(m)).opset_import if o.domain == "") for m in models)
+    assert opsets == [17, 18]
+    for m in models:
+        assert json.loads((m.parent / "report.json").read_text())["validation"]["passed"]
+
+
+def test_cuda_without_cuda_is_one_line(tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    proc = run_cli(["device=cuda", "model=tiny_cnn", "input=image32"], cwd=tmp_path)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "cuda" in lines[0] and "device=cpu" in lines[0]
+    assert not list(tmp_path.glob("outputs/**/model.onnx"))
+
+
+def test_misspelt_key_names_the_key(tmp_path: Path) -> None:
+    proc = run_cli(["optimization.bogus=1"], cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "optimization.bogus" in proc.stderr
+
+
+def test_failed_validation_exit_code_and_no_model(tmp_path: Path) -> None:
+    proc = run_cli(["model=custom", "model._target_=tests.models.CallCounterScale", "allowed_target_prefixes=[tests.]",
+                    "input=image32"], cwd=tmp_path)
+    assert proc.returncode == 3
+    assert "[validate]" in proc.stderr
+    assert not list(tmp_path.glob("outputs/**/model.onnx"))
+    assert list(tmp_path.glob("outputs/**/model.FAILED.onnx"))

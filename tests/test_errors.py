@@ -1,0 +1,116 @@
+"""Every user-caused failure is a BuildError naming the stage or key, and leaves no model.onnx."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from onnxbuild.errors import BuildError, ConfigError, DeviceError, ModelError, ValidationFailed
+from onnxbuild.pipeline import run_build
+from onnxbuild.zoo import TinyCNN
+from tests.conftest import TINY, compose_config
+
+
+def build(tmp_path: Path, *overrides: str):
+    base = ["input=image32"] if any(o.startswith("model=") for o in overrides) else TINY
+    return run_build(compose_config([*base, *overrides]), tmp_path / "run")
+
+
+def assert_nothing_published(tmp_path: Path) -> None:
+    assert not (tmp_path / "run" / "model.onnx").exists()
+
+
+def test_missing_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(ModelError) as info:
+        build(tmp_path, f"model.checkpoint={tmp_path}/nope.safetensors")
+    assert info.value.key == "model.checkpoint" and "not found" in info.value.message
+    assert_nothing_published(tmp_path)
+
+
+def test_unknown_target(tmp_path: Path) -> None:
+    with pytest.raises(ModelError) as info:
+        build(tmp_path, "model._target_=torchvision.models.resnet999")
+    assert info.value.key == "model._target_" and "cannot import" in info.value.message
+    assert_nothing_published(tmp_path)
+
+
+def test_target_outside_allowlist(tmp_path: Path) -> None:
+    with pytest.raises(ModelError) as info:
+        build(tmp_path, "model._target_=os.system")
+    assert "outside the allowlist" in info.value.message and "allowed_prefixes" in info.value.hint
+    assert_nothing_published(tmp_path)
+
+
+def test_allowlist_is_user_extensible(tmp_path: Path) -> None:
+    with pytest.raises(ModelError) as info:
+        build(tmp_path, "model=custom", "model._target_=tests.models.NotAModule", "allowed_target_prefixes=[tests.]")
+    assert "not a torch.nn.Module" in info.value.message
+
+
+def test_shape_that_contradicts_the_model(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        build(tmp_path, "input.inputs.0.shape=[2,1,32,32]")
+    assert info.value.key == "input.inputs" and info.value.stage == "capture"
+    assert "[2, 1, 32, 32]" in info.value.message
+    assert_nothing_published(tmp_path)
+
+
+def test_validation_mismatch_fails_and_marks_artifact(tmp_path: Path) -> None:
+    with pytest.raises(ValidationFailed) as info:
+        build(tmp_path, "model=custom", "model._target_=tests.models.CallCounterScale", "allowed_target_prefixes=[tests.]")
+    assert info.value.stage == "validate" and "differs from eager" in info.value.message
+    run = tmp_path / "run"
+    assert_nothing_published(tmp_path)
+    assert (run / "model.FAILED.onnx").is_file()
+    assert (run / "validation.json").is_file()
+    assert '"status": "failed"' in (run / "report.json").read_text()
+
+
+def test_device_cuda_without_cuda(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceError) as info:
+        build(tmp_path, "device=cuda")
+    assert "device=cpu" in info.value.hint
+    assert not (tmp_path / "run" / "stages").exists()  # failed before any work
+
+
+def test_one_line_message() -> None:
+    err = BuildError("bad\nthing", stage="convert", key="opset", hint="try 18")
+    assert err.one_line() == "[convert] opset: bad thing (hint: try 18)"
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "pt"])
+def test_checkpoint_is_loaded(tmp_path: Path, fmt: str) -> None:
+    torch.manual_seed(123)
+    trained = TinyCNN().eval()
+    path = tmp_path / f"weights.{fmt}"
+    if fmt == "safetensors":
+        save_file(trained.state_dict(), str(path))
+    else:
+        torch.save(trained.state_dict(), path)
+    result = build(tmp_path, f"model.checkpoint={path}")
+    x = torch.randn(3, 3, 32, 32)
+    session = ort.InferenceSession(str(result.model_path), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"input": x.numpy()})[0], trained(x).detach().numpy(), atol=1e-5, rtol=1e-4)
+    assert result.manifest["inputs"]["model.checkpoint"]["sha256"]
+
+
+def test_pickled_model_checkpoint_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "whole.pt"
+    torch.save(TinyCNN(), path)
+    with pytest.raises(ModelError) as info:
+        build(tmp_path, f"model.checkpoint={path}")
+    assert "weights_only" in info.value.message
+
+
+def test_checkpoint_for_another_architecture(tmp_path: Path) -> None:
+    path = tmp_path / "other.safetensors"
+    save_file(TinyCNN(width=4).state_dict(), str(path))
+    with pytest.raises(ModelError) as info:
+        build(tmp_path, f"model.checkpoint={path}")
+    assert "does not fit" in info.value.message

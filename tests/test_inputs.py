@@ -1,0 +1,74 @@
+"""Input spec: example sizes avoid 0/1 specialization, validation shape sets, spec errors."""
+
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+
+from onnxbuild.errors import ConfigError
+from onnxbuild.inputs import export_sizes, make_inputs, parse_specs, validation_shape_sets
+
+
+def spec(*inputs: dict) -> list:
+    return parse_specs(OmegaConf.create({"name": "t", "inputs": list(inputs), "output_names": []}))
+
+
+def image(batch: int = 2, lo: int = 1, hi: int = 64) -> dict:
+    return {"name": "x", "dtype": "float32", "shape": [batch, 3, 8, 8], "dynamic": {0: {"name": "batch", "min": lo, "max": hi}}}
+
+
+@pytest.mark.parametrize(("example", "lo", "expected"), [(1, 1, 2), (0, 0, 2), (2, 1, 2), (5, 1, 5), (1, 3, 3), (100, 1, 2)])
+def test_export_example_is_never_0_or_1(example: int, lo: int, expected: int) -> None:
+    assert export_sizes(spec(image(example, lo))) == {"batch": expected}
+
+
+def test_dynamic_dim_with_max_below_2_fails_clearly() -> None:
+    with pytest.raises(ConfigError) as info:
+        spec(image(1, 1, 1))
+    assert info.value.key == "input.inputs[0].dynamic.0.max"
+    assert "specializes" in info.value.hint
+
+
+def test_validation_sets_cover_min_max_example_odd() -> None:
+    sets = validation_shape_sets(spec(image(2, 1, 64)))
+    sizes = {s.label: s.sizes["batch"] for s in sets}
+    assert sizes["min"] == 1 and sizes["max"] == 64 and sizes["example"] == 2
+    assert sizes["odd"] % 2 == 1 and 1 < sizes["odd"] < 64
+
+
+def test_static_spec_has_one_set() -> None:
+    sets = validation_shape_sets(spec({"name": "x", "dtype": "float32", "shape": [1, 3, 8, 8]}))
+    assert [s.label for s in sets] == ["static"]
+
+
+def test_shared_dim_needs_one_range() -> None:
+    a = {"name": "a", "dtype": "int64", "shape": [2, 8], "dynamic": {0: {"name": "batch", "min": 1, "max": 8}}}
+    b = {"name": "b", "dtype": "int64", "shape": [2, 8], "dynamic": {0: {"name": "batch", "min": 1, "max": 4}}}
+    with pytest.raises(ConfigError, match="declared with ranges"):
+        spec(a, b)
+
+
+@pytest.mark.parametrize(
+    ("bad", "key"),
+    [
+        ({"name": "x", "dtype": "float99", "shape": [2]}, "input.inputs[0].dtype"),
+        ({"name": "x", "dtype": "float32", "shape": [2], "dynamic": {3: {"name": "b", "min": 1, "max": 4}}}, "input.inputs[0].dynamic.3"),
+        ({"name": "x", "dtype": "float32", "shape": [2], "dynamic": {0: {"name": "b", "min": 5, "max": 4}}}, "input.inputs[0].dynamic.0"),
+    ],
+)
+def test_spec_errors_name_the_key(bad: dict, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        spec(bad)
+    assert info.value.key == key
+
+
+def test_generated_values_respect_dtype_and_range() -> None:
+    specs = spec(
+        {"name": "ids", "dtype": "int64", "shape": [2, 5], "low": 3, "high": 7},
+        {"name": "mask", "dtype": "bool", "shape": [2, 5]},
+    )
+    values = make_inputs(specs, {}, seed=0)
+    assert values["ids"].min() >= 3 and values["ids"].max() < 7
+    assert str(values["mask"].dtype) == "torch.bool"
+    again = make_inputs(specs, {}, seed=0)
+    assert (values["ids"] == again["ids"]).all()
