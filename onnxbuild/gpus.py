@@ -52,12 +52,14 @@ def nvidia_smi_gpus() -> list[str]:
 
 
 def visible_gpus(
-    env: Mapping[str, str] | None = None, probe: Callable[[], list[str]] = nvidia_smi_gpus
+    env: Mapping[str, str] | None = None, probe: Callable[[], list[str]] | None = None
 ) -> list[str]:
     """The GPUs this process may use: CUDA_VISIBLE_DEVICES when set, else every GPU nvidia-smi lists."""
     env = os.environ if env is None else env
     listed = parse_visible(env.get(ENV))
-    return probe() if listed is None else listed
+    if listed is not None:
+        return listed
+    return (probe or nvidia_smi_gpus)()
 
 
 def select_gpu(job_num: int, gpus: list[str]) -> str | None:
