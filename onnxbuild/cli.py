@@ -49,11 +49,13 @@ OmegaConf.register_new_resolver("onnxbuild_local_gpus", gpus.local_gpu_count, re
 warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigStore schema with the same name")
 
 
-def _pin_gpu(cfg: DictConfig, job_num: int, launcher_target: str) -> str | None:
+def _pin_gpu(
+    cfg: DictConfig, job_num: int, launcher_target: str, sweep_dir: Path | None = None
+) -> str | None:
     """device=cuda in a parallel launcher's worker: this job sees exactly one GPU."""
     if str(cfg.device.name) != "cuda" or launcher_target == BASIC_LAUNCHER:
         return None
-    gpu = gpus.pin_gpu(job_num)
+    gpu = gpus.pin_gpu(job_num, lock_dir=None if sweep_dir is None else sweep_dir / ".gpu_locks")
     if gpu is not None:
         with open_dict(cfg):
             cfg.device.index = 0  # the only GPU this process can see
@@ -68,7 +70,8 @@ def _task(cfg: DictConfig) -> None:
     status = JobStatus(run_dir, job=job_num if multirun else None, overrides=list(hydra_cfg.overrides.task))
     where = f"job {job_num} ({' '.join(hydra_cfg.overrides.task)}): " if multirun else ""
     try:
-        gpu = _pin_gpu(cfg, job_num, str(hydra_cfg.launcher.get("_target_", ""))) if multirun else None
+        launcher = str(hydra_cfg.launcher.get("_target_", ""))
+        gpu = _pin_gpu(cfg, job_num, launcher, Path(str(hydra_cfg.sweep.dir))) if multirun else None
         status.start(gpu=gpu)
         from onnxbuild.pipeline import run_build
         from onnxbuild.summary import format_summary

@@ -4,6 +4,11 @@ Parallel launchers (joblib, submitit) run jobs in worker processes. Each worker 
 GPU before CUDA initialises in it (CUDA reads CUDA_VISIBLE_DEVICES once, at initialisation), so
 the choice is made from the environment and `nvidia-smi`, never from torch. A worker that
 already pinned a GPU keeps it for later jobs: changing the variable afterwards has no effect.
+
+Workers that run at the same time must not pick the same GPU, even when their first jobs' numbers
+collide modulo the GPU count: a worker claims its GPU with a lock file in the sweep dir (held
+until the process exits), starting from the job number's GPU and moving on to the next free one.
+When every GPU is claimed (more workers than GPUs), it shares the job number's GPU.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("onnxbuild")
 
@@ -23,6 +30,8 @@ PIN_SWITCH = "ONNXBUILD_PIN_GPU"
 
 # The GPU this process pinned (None: not pinned yet). Reused workers keep their first GPU.
 _pinned: str | None = None
+# The lock file claiming that GPU; referenced so it stays held for the life of the process.
+_claim: Any = None
 
 
 def parse_visible(value: str | None) -> list[str] | None:
@@ -80,7 +89,31 @@ def cuda_initialised() -> bool:
         return False
 
 
-def pin_gpu(job_num: int, env: dict[str, str] | None = None) -> str | None:
+def claim_gpu(job_num: int, gpus: list[str], lock_dir: Path | None) -> str | None:
+    """The job number's GPU, or the next one no other live worker holds (lock files in lock_dir)."""
+    global _claim
+    if not gpus:
+        return None
+    if lock_dir is None or len(gpus) == 1:
+        return select_gpu(job_num, gpus)
+    from filelock import FileLock, Timeout
+
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    start = job_num % len(gpus)
+    for gpu in gpus[start:] + gpus[:start]:
+        lock = FileLock(str(lock_dir / f"gpu-{gpu}.lock"), timeout=0, is_singleton=False)
+        try:
+            lock.acquire()
+        except Timeout:
+            continue
+        _claim = lock
+        return gpu
+    gpu = select_gpu(job_num, gpus)
+    log.warning("every GPU is claimed by another worker; job %d shares GPU %s", job_num, gpu)
+    return gpu
+
+
+def pin_gpu(job_num: int, env: dict[str, str] | None = None, lock_dir: Path | None = None) -> str | None:
     """Restrict this process to one GPU chosen from the job number; returns the GPU id pinned.
 
     Returns the previously pinned GPU in a reused worker, and None (leaving the environment
@@ -96,7 +129,7 @@ def pin_gpu(job_num: int, env: dict[str, str] | None = None) -> str | None:
     if cuda_initialised():
         log.warning("CUDA is already initialised in this process; %s is left as %s", ENV, env.get(ENV))
         return None
-    gpu = select_gpu(job_num, visible_gpus(env))
+    gpu = claim_gpu(job_num, visible_gpus(env), lock_dir)
     if gpu is None:
         return None
     env[ENV] = gpu

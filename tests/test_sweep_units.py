@@ -18,7 +18,7 @@ from onnxbuild import callbacks, cli, gpus
 from onnxbuild.cli import config_dir
 from onnxbuild.errors import StageError
 from onnxbuild.inputs import parse_specs
-from onnxbuild.jobstatus import JobStatus, read_status
+from onnxbuild.jobstatus import read_status
 from onnxbuild.sweep import collect, format_inputs, read_row, to_markdown, write_summary
 from tests.conftest import compose_config
 
@@ -88,7 +88,9 @@ def test_submitit_presets_ask_gpus_only_for_cuda(launcher: str, monkeypatch: pyt
     key = "gpus_per_task" if launcher == "submitit_slurm" else "gpus_per_node"
     cpu = compose_with_hydra([f"hydra/launcher={launcher}", "device=cpu"])
     cuda = compose_with_hydra([f"hydra/launcher={launcher}", "device=cuda"])
-    assert cpu.hydra.launcher._target_.endswith("SlurmLauncher" if launcher == "submitit_slurm" else "LocalLauncher")
+    assert cpu.hydra.launcher._target_.endswith(
+        "SlurmLauncher" if launcher == "submitit_slurm" else "LocalLauncher"
+    )
     assert cpu.hydra.launcher[key] is None
     assert cuda.hydra.launcher[key] == (1 if launcher == "submitit_slurm" else 3)
     assert cpu.hydra.launcher.timeout_min >= 30
@@ -212,7 +214,9 @@ def test_build_error_in_multirun_and_single_run(tmp_path: Path, monkeypatch: pyt
     assert read_status(tmp_path / "s")["stage"] == "convert"
 
 
-def test_unexpected_exception_still_raises_in_single_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unexpected_exception_still_raises_in_single_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import onnxbuild.pipeline
 
     monkeypatch.setattr(onnxbuild.pipeline, "run_build", lambda cfg, run_dir: 1 / 0)
@@ -231,7 +235,15 @@ def _fake_job(root: Path, num: int, overrides: list[str], status: dict | None, o
     config = {
         "opset": opset,
         "model": {"name": "tiny_cnn"},
-        "input": {"inputs": [{"name": "input", "shape": [2, 3, 32, 32], "dynamic": {0: {"name": "batch", "min": 1, "max": 16}}}]},
+        "input": {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [2, 3, 32, 32],
+                    "dynamic": {0: {"name": "batch", "min": 1, "max": 16}},
+                }
+            ]
+        },
     }
     (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
     (run_dir / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"job": {"num": num}}}))
@@ -251,7 +263,9 @@ def test_summary_rows_from_disk(tmp_path: Path) -> None:
         ],
         "validation": {"max_abs_error": 1e-7, "max_rel_error": 2e-6},
     }))  # fmt: skip
-    (ok / "manifest.json").write_text(json.dumps({"artifacts": [{"path": "model.onnx", "size": 100, "sha256": "ab" * 32}]}))
+    (ok / "manifest.json").write_text(
+        json.dumps({"artifacts": [{"path": "model.onnx", "size": 100, "sha256": "ab" * 32}]})
+    )
     _fake_job(tmp_path, 2, ["opset=20"], {"status": "running", "job": 2}, opset=20)  # killed mid-build
     _fake_job(tmp_path, 1, ["opset=19"], None, opset=19)  # never got to write a status
     outcome = collect(tmp_path)
@@ -297,3 +311,20 @@ def test_format_inputs_static_and_constant() -> None:
     spec = {"inputs": [{"name": "x", "shape": [1, 3]}, {"name": "scale", "constant": True, "value": 0.5}]}
     assert format_inputs(spec) == "x[1,3] scale=0.5"
     assert format_inputs(None) == ""
+
+
+def test_concurrent_workers_claim_distinct_gpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Jobs 0 and 2 both map to GPU 0 of 2 by number; the second live worker must take GPU 1.
+    held = []
+    for job in (0, 2, 4):
+        monkeypatch.setattr(gpus, "_pinned", None)
+        monkeypatch.setattr(gpus, "_claim", None)
+        env = {"CUDA_VISIBLE_DEVICES": "0,1"}
+        held.append((gpus.pin_gpu(job, env, lock_dir=tmp_path / "locks"), gpus._claim))
+    assert [gpu for gpu, _ in held] == ["0", "1", "0"]  # third worker: all claimed, shares by number
+    assert held[2][1] is None
+    held[0][1].release()  # worker 0 exits: its GPU is free again
+    monkeypatch.setattr(gpus, "_pinned", None)
+    assert gpus.pin_gpu(2, {"CUDA_VISIBLE_DEVICES": "0,1"}, lock_dir=tmp_path / "locks") == "0"
+    gpus._claim.release()
+    held[1][1].release()
