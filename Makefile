@@ -4,6 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
+# `make sweep SWEEP=opsets ARGS="model=tiny_cnn input=image32"`: a conf/sweep preset.
+SWEEP ?= opsets
+# Extras installed by `make setup`: dev tools and the joblib/submitit launchers the sweep tests use.
+EXTRAS ?= dev,cluster
 
 .PHONY: setup build test test-fast lint bench sweep release clean
 
@@ -12,7 +16,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e '.[dev]'
+	$(PY) -m pip install -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 build: $(STAMP)
@@ -30,6 +34,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_resnet50.py
+
+sweep: $(STAMP)
+	$(PY) -m onnxbuild +sweep=$(SWEEP) $(ARGS)
 
 clean:
 	rm -rf outputs .pytest_cache .ruff_cache
