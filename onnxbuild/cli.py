@@ -80,8 +80,11 @@ def _task(cfg: DictConfig) -> None:
     except BuildError as exc:
         status.failed(stage=exc.stage or "preflight", reason=_reason(exc), exit_code=exc.exit_code)
         log.error("build failed: %s", exc.one_line(), extra=FILE_ONLY)
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+        if full_error and not multirun:
             raise
+        if full_error:  # in a sweep, the traceback goes to the job's log; the sweep goes on
+            log.error("%s", traceback.format_exc(), extra=FILE_ONLY)
         print(f"onnxbuild: error: {where}{exc.one_line()}", file=sys.stderr, flush=True)
         if multirun:
             return
@@ -90,7 +93,7 @@ def _task(cfg: DictConfig) -> None:
         # Not a BuildError: a bug or an environment fault. Keep the traceback in the job's log.
         status.failed(stage="internal", reason=f"{type(exc).__name__}: {exc}", exit_code=1)
         log.error("unexpected failure:\n%s", traceback.format_exc(), extra=FILE_ONLY)
-        if not multirun or os.environ.get("HYDRA_FULL_ERROR") == "1":
+        if not multirun:
             raise
         message = one_line(f"{type(exc).__name__}: {exc}", limit=300)
         print(f"onnxbuild: error: {where}[internal] {message} (traceback in {run_dir / 'onnxbuild.log'})",
