@@ -134,7 +134,8 @@ def read_row(run_dir: Path, sweep_dir: Path) -> Row:
     status = read_status(run_dir) or {}
     report = _load_json(run_dir / "report.json")
     manifest = _load_json(run_dir / "manifest.json")
-    config = _load_yaml(run_dir / HYDRA_SUBDIR / "config.yaml") or (manifest or {}).get("config") or {}
+    # The manifest holds the resolved config; a job that failed before writing one has Hydra's copy.
+    config = (manifest or {}).get("config") or _load_yaml(run_dir / HYDRA_SUBDIR / "config.yaml") or {}
     overrides = status.get("overrides") or _load_yaml(run_dir / HYDRA_SUBDIR / "overrides.yaml") or []
     job = status.get("job")
     if job is None:
