@@ -117,7 +117,13 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     callbacks.reset()
-    _hydra_main()
+    try:
+        _hydra_main()
+    except SystemExit as exc:
+        # A launcher raised (a job's process died): the summary still shows what finished.
+        if exc.code not in (0, None) and callbacks.summarize_pending() is not None:
+            print("onnxbuild: the sweep was aborted; summary of the jobs so far above", file=sys.stderr)
+        raise
     outcome = callbacks.last_outcome()
     if outcome is not None and outcome.failed:
         # Jobs on other processes or machines printed their errors there: repeat them here.

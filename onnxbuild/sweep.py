@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from onnxbuild.jobstatus import FAILED, OK, RUNNING, STATUS_FILE, one_line, read
 SUMMARY_CSV = "summary.csv"
 SUMMARY_MD = "summary.md"
 HYDRA_SUBDIR = ".hydra"
+# pipeline.run_build logs "stage <name> ..." when a stage starts.
+STAGE_LINE = re.compile(r"\bstage (\w+) \.\.\.$", re.MULTILINE)
 
 
 @dataclass
@@ -129,6 +132,19 @@ def _failed_stage(report: dict[str, Any] | None) -> str:
     return ""
 
 
+def _last_started_stage(run_dir: Path) -> str:
+    """The stage a killed job was in: the last `stage <name> ...` line of its log."""
+    started = ""
+    for log_file in run_dir.glob("*.log"):
+        try:
+            text = log_file.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        for match in STAGE_LINE.finditer(text):
+            started = match.group(1)
+    return started
+
+
 def read_row(run_dir: Path, sweep_dir: Path) -> Row:
     """One job's row, from its status.json, report.json, manifest.json and Hydra snapshot."""
     status = read_status(run_dir) or {}
@@ -145,13 +161,15 @@ def read_row(run_dir: Path, sweep_dir: Path) -> Row:
     state = status.get("status")
     stage, reason = status.get("stage") or "", status.get("reason") or ""
     if state not in (OK, FAILED):
-        state = FAILED
-        stage = _failed_stage(report) or ("unknown" if state == RUNNING else "")
+        stage = (
+            _failed_stage(report) or _last_started_stage(run_dir) or ("unknown" if state == RUNNING else "")
+        )
         reason = (
             "job did not finish: status.json still says running (killed, timed out or crashed; see its log)"
-            if status
+            if state == RUNNING
             else "job did not finish: no status.json (crashed before the build; see its log)"
         )
+        state = FAILED
 
     stages = (report or {}).get("stages", [])
     validation = (report or {}).get("validation") or {}

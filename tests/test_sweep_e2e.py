@@ -121,3 +121,24 @@ def test_same_summary_under_ray(tmp_path: Path, basic_failing_sweep) -> None:
     proc = run_cli([*FAILING_SWEEP, *ray], cwd=tmp_path)
     rows = check_failing_sweep(tmp_path, proc)
     assert comparable(rows) == comparable(summary_rows(basic_failing_sweep[0]))
+
+
+@pytest.mark.slow
+def test_killed_job_is_reported_with_its_stage(tmp_path: Path) -> None:
+    # Job 1's process dies without an exception (like a segfault): submitit reports it lost and
+    # Hydra aborts the sweep; the summary still shows job 0 built and job 1 stopped in capture.
+    models = "model._target_=onnxbuild.zoo.TinyCNN,tests.models.HardExit"
+    args = [
+        "-m",
+        "hydra/launcher=submitit_local",
+        "model=custom",
+        "allowed_target_prefixes=[tests.]",
+        "input=image32",
+    ]
+    proc = run_cli([*args, models], cwd=tmp_path)
+    assert proc.returncode != 0
+    good, killed = summary_rows(tmp_path)
+    assert good["status"] == "ok"
+    assert (killed["status"], killed["stage"]) == ("failed", "capture")
+    assert "did not finish" in killed["reason"]
+    assert "sweep was aborted" in proc.stderr

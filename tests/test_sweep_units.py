@@ -266,7 +266,12 @@ def test_summary_rows_from_disk(tmp_path: Path) -> None:
     (ok / "manifest.json").write_text(
         json.dumps({"artifacts": [{"path": "model.onnx", "size": 100, "sha256": "ab" * 32}]})
     )
-    _fake_job(tmp_path, 2, ["opset=20"], {"status": "running", "job": 2}, opset=20)  # killed mid-build
+    killed = _fake_job(
+        tmp_path, 2, ["opset=20"], {"status": "running", "job": 2}, opset=20
+    )  # killed mid-build
+    (killed / "onnxbuild.log").write_text(
+        "[t][onnxbuild][INFO] stage capture ...\n[t][onnxbuild][INFO] stage convert ...\n"
+    )
     _fake_job(tmp_path, 1, ["opset=19"], None, opset=19)  # never got to write a status
     outcome = collect(tmp_path)
     assert [r.job for r in outcome.rows] == [0, 1, 2]
@@ -276,7 +281,8 @@ def test_summary_rows_from_disk(tmp_path: Path) -> None:
     assert first.inputs == "input[batch(1..16),3,32,32]"
     assert [r.status for r in outcome.failed] == ["failed", "failed"]
     assert "no status.json" in outcome.rows[1].reason and outcome.rows[1].opset == 19
-    assert "still says running" in outcome.rows[2].reason
+    assert "still says running" in outcome.rows[2].reason and outcome.rows[2].stage == "convert"
+    assert outcome.rows[1].stage == ""  # no log, no report: the stage is not known
     md = to_markdown(outcome)
     assert "3 jobs, 1 ok, 2 failed" in md and "| 1 | opset=19 | FAILED |" in md
 
@@ -328,3 +334,42 @@ def test_concurrent_workers_claim_distinct_gpus(tmp_path: Path, monkeypatch: pyt
     assert gpus.pin_gpu(2, {"CUDA_VISIBLE_DEVICES": "0,1"}, lock_dir=tmp_path / "locks") == "0"
     gpus._claim.release()
     held[1][1].release()
+
+
+def test_aborted_sweep_still_gets_a_summary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    # A launcher that raises (a worker killed mid-job) makes Hydra skip on_multirun_end.
+    _fake_job(tmp_path, 0, ["opset=18"], {"status": "ok", "job": 0})
+    _fake_job(tmp_path, 1, ["opset=19"], {"status": "running", "job": 1}, opset=19)
+
+    def aborted_sweep() -> None:
+        callbacks.SweepSummary().on_multirun_start(
+            OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+        )
+        raise SystemExit(1)
+
+    monkeypatch.setattr(cli, "_hydra_main", aborted_sweep)
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    assert exc.value.code == 1
+    rows = list((tmp_path / "summary.csv").read_text().splitlines())
+    assert len(rows) == 3 and ",failed," in rows[2] and "still says running" in rows[2]
+    assert "sweep was aborted" in capsys.readouterr().err
+    callbacks.reset()
+
+
+def test_main_exit_code_follows_the_summary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+
+    def sweep() -> None:
+        callbacks.SweepSummary().on_multirun_start(cfg)
+        callbacks.SweepSummary().on_multirun_end(cfg)
+
+    monkeypatch.setattr(cli, "_hydra_main", sweep)
+    _fake_job(tmp_path, 0, ["opset=18"], {"status": "ok", "job": 0})
+    cli.main()  # all ok: returns normally (exit code 0)
+    _fake_job(tmp_path, 1, ["opset=19"], {"status": "failed", "job": 1, "stage": "convert", "reason": "no"})
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    assert exc.value.code == 1
+    assert "sweep job 1 failed [convert] no" in capsys.readouterr().err
+    callbacks.reset()
