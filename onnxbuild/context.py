@@ -57,10 +57,15 @@ class BuildContext:
         if self._model is None:
             from onnxbuild.models import build_model
 
+            from onnxbuild.init import apply_init, resolve_init_mode
+
             model = build_model(
                 self.cfg.model, seed=int(self.cfg.seed), extra_prefixes=list(self.cfg.allowed_target_prefixes)
             )
-            self._model = model.to(self.torch_device)
+            model = model.to(self.torch_device)
+            mode = resolve_init_mode(self.cfg.model)
+            self.facts["model_init"] = apply_init(model, mode, self.specs, int(self.cfg.seed), self.torch_device)
+            self._model = model
         return self._model
 
     def warn(self, message: str) -> None:

@@ -106,6 +106,9 @@ def preflight(cfg: DictConfig) -> list[InputSpec]:
         )
     resolve_target(str(cfg.model._target_), allowed_prefixes(cfg.model, list(cfg.allowed_target_prefixes)))
     check_checkpoint(cfg.model)
+    from onnxbuild.init import resolve_init_mode
+
+    resolve_init_mode(cfg.model)
     if device == "cuda":
         check_cuda(int(cfg.device.index))
     return specs
@@ -280,6 +283,7 @@ def build_manifest(
         "platform": platform_info(),
         "capture_strategy": ctx.facts.get("capture_strategy"),
         "constants": ctx.facts.get("constants", {}),
+        "model_init": ctx.facts.get("model_init"),
         "io": {
             "inputs": [s.name for s in ctx.specs if not s.constant],
             "outputs": ctx.facts.get("io", {}).get("outputs", []),
@@ -331,7 +335,13 @@ def build_report(
                 for r in validation["input_sets"]
             ],
             "degenerate_outputs": validation["degenerate_outputs"],
+            "weak": validation.get("weak", False),
+            "nondeterministic": (validation.get("nondeterministic") or {}).get("finding"),
+            "diagnosis": validation.get("diagnosis"),
+            "table": validation.get("table", []),
         },
+        "constants": ctx.facts.get("constants", {}),
+        "model_init": (ctx.facts.get("model_init") or {}).get("mode"),
     }
 
 
