@@ -101,8 +101,8 @@ def _module_path(meta: dict[str, str]) -> str | None:
         parts = ast.literal_eval(scopes)
     except (ValueError, SyntaxError):
         return None
-    path = ".".join(p for p in parts[:-1] if p)
-    return path or "<root>"
+    # Each scope is the full module path ('', 'features', 'features.2', 'relu'); the last is the node.
+    return (parts[-2] if len(parts) >= 2 else "") or "<root>"
 
 
 def _module_class(meta: dict[str, str]) -> str | None:
