@@ -334,3 +334,15 @@ def test_report_has_the_table_and_validation_json_every_set(tmp_path: Path) -> N
                     "reference_nan", "actual_inf", "shape", "dtype", "atol", "rtol"):
             assert key in stats, key
     assert OmegaConf.create(report)  # plain JSON types
+
+
+def test_init_default_is_the_models_own_seeded_init(tmp_path: Path) -> None:
+    from onnxbuild.zoo import TinyCNN
+
+    result = build(tmp_path, [*TINY, "model.init=default"])
+    torch.manual_seed(0)
+    reference = TinyCNN().eval()
+    x = torch.randn(3, 3, 32, 32)
+    session = ort.InferenceSession(str(result.model_path), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"input": x.numpy()})[0], reference(x).detach().numpy(), atol=1e-5)
+    assert result.manifest["model_init"] == {"mode": "default"}
