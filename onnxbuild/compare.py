@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 
-
 # Lowest to highest: a build's precision is the lowest float precision it involves.
 PRECISION_ORDER = ("bfloat16", "float16", "float32", "float64")
 

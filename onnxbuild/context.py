@@ -55,9 +55,8 @@ class BuildContext:
     def model(self) -> nn.Module:
         """The eager model on the build device, created once (seeded init or checkpoint)."""
         if self._model is None:
-            from onnxbuild.models import build_model
-
             from onnxbuild.init import apply_init, resolve_init_mode
+            from onnxbuild.models import build_model
 
             model = build_model(
                 self.cfg.model, seed=int(self.cfg.seed), extra_prefixes=list(self.cfg.allowed_target_prefixes)
