@@ -346,3 +346,23 @@ def test_init_default_is_the_models_own_seeded_init(tmp_path: Path) -> None:
     session = ort.InferenceSession(str(result.model_path), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(session.run(None, {"input": x.numpy()})[0], reference(x).detach().numpy(), atol=1e-5)
     assert result.manifest["model_init"] == {"mode": "default"}
+
+
+def test_broken_simplification_is_blamed_on_simplify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnxsim
+
+    real = onnxsim.simplify
+
+    def corrupting_simplify(model, *args, **kwargs):  # noqa: ANN001, ANN202
+        simplified, ok = real(model, *args, **kwargs)
+        relu = next(n for n in simplified.graph.node if n.op_type == "Relu")
+        relu.op_type = "Sigmoid"
+        return simplified, ok
+
+    monkeypatch.setattr(onnxsim, "simplify", corrupting_simplify)
+    with pytest.raises(ValidationFailed) as info:
+        build(tmp_path, TINY)
+    diagnosis = validation_json(tmp_path)["diagnosis"]
+    assert diagnosis["stage"] == "simplify"
+    assert diagnosis["first_diverging_node"]["op_type"] == "Sigmoid"
+    assert "[simplify stage]" in info.value.message and "(Sigmoid)" in info.value.message
