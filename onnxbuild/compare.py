@@ -128,7 +128,9 @@ def _min_rtol(diff: np.ndarray, absref: np.ndarray, atol: float) -> float:
     return float(np.max((diff[over] - atol) / absref[over]))
 
 
-def weak_reason(references: list[np.ndarray], same_shape_groups: list[list[np.ndarray]], atol: float, rtol: float) -> str | None:
+def weak_reason(
+    references: list[np.ndarray], same_shape_groups: list[list[np.ndarray]], atol: float, rtol: float
+) -> str | None:
     """Why comparisons on this output cannot catch a wrong graph, or None when they can.
 
     ~zero: every reference value is within atol of 0, so any near-zero graph passes.

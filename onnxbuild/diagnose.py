@@ -134,7 +134,9 @@ def first_divergence(
                 continue
             meta = _metadata(node)
             fx = (fx_nodes or {}).get(value_name)
-            fx_name = getattr(fx, "name", None) or meta.get("pkg.torch.onnx.fx_node", "").split(" ")[0].lstrip("%")
+            fx_name = getattr(fx, "name", None) or meta.get("pkg.torch.onnx.fx_node", "").split(" ")[
+                0
+            ].lstrip("%")
             module = _module_path(meta)
             if module is None and fx is not None:
                 stack = fx.meta.get("nn_module_stack") or {}
@@ -277,7 +279,11 @@ def describe(diagnosis: dict[str, Any]) -> str:
     if node:
         fx = f", FX node '{node['fx_node']}' ({node['fx_target']})" if node.get("fx_node") else ""
         module = f" in module '{node['module']}'" if node.get("module") else ""
-        err = f": max abs error {node['max_abs']:.3g}" if node.get("max_abs") is not None else f": {node['reason']}"
+        err = (
+            f": max abs error {node['max_abs']:.3g}"
+            if node.get("max_abs") is not None
+            else f": {node['reason']}"
+        )
         return f"first diverging node: '{node['onnx_node']}' ({node['op_type']}){fx}{module}{err} [{stage} stage]"
     if stage:
         return f"mismatch introduced at the {stage} stage: {diagnosis['summary']}"

@@ -122,7 +122,9 @@ def calibrate_batchnorm(
 
     from onnxbuild.inputs import export_sizes, make_inputs, split_call
 
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    bns = [
+        m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
     if not bns:
         return 0
     saved = [(m, m.momentum) for m in bns]
@@ -142,7 +144,9 @@ def calibrate_batchnorm(
                     model(*args, **kwargs)
                 except Exception as exc:
                     shapes = {k: list(v.shape) for k, v in values.items() if isinstance(v, torch.Tensor)}
-                    first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+                    first = next(
+                        (ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__
+                    )
                     raise ConfigError(
                         f"the model rejects the example inputs {shapes}: {first[:300]}",
                         key="input.inputs",
@@ -174,7 +178,9 @@ def damp_residual_branches(model: nn.Module) -> list[str]:
     return damped
 
 
-def informative_init(model: nn.Module, specs: list[InputSpec], seed: int, device: str = "cpu") -> dict[str, Any]:
+def informative_init(
+    model: nn.Module, specs: list[InputSpec], seed: int, device: str = "cpu"
+) -> dict[str, Any]:
     """Apply the informative initialisation in place (deterministic for a given seed); describe it."""
     import torch
 

@@ -217,7 +217,11 @@ EDGE_PROFILES = ("zeros", "large")
 
 
 def make_tensor(
-    spec: InputSpec, shape: list[int], generator: torch.Generator, profile: str = "normal", large: float = 10.0
+    spec: InputSpec,
+    shape: list[int],
+    generator: torch.Generator,
+    profile: str = "normal",
+    large: float = 10.0,
 ) -> torch.Tensor:
     """Seeded values that respect the dtype and the declared range, for one value profile.
 
@@ -323,7 +327,9 @@ def validation_input_sets(
     unknown = [p for p in profiles if p not in PROFILES]
     if unknown:
         raise ConfigError(
-            f"unknown value profile(s) {unknown}", key="validation.profiles", hint=f"choose from {list(PROFILES)}"
+            f"unknown value profile(s) {unknown}",
+            key="validation.profiles",
+            hint=f"choose from {list(PROFILES)}",
         )
     shapes = validation_shape_sets(specs, include_example, include_odd)
     smallest = min(shapes, key=lambda s: _numel(specs, s.sizes))
@@ -338,7 +344,9 @@ def validation_input_sets(
         sets.extend(load_samples(specs, samples))
     if not sets:
         raise ConfigError(
-            "validation has no input sets", key="validation.profiles", hint="keep `normal` or give validation.samples"
+            "validation has no input sets",
+            key="validation.profiles",
+            hint="keep `normal` or give validation.samples",
         )
     return sets
 
@@ -354,7 +362,9 @@ def load_samples(specs: list[InputSpec], path_text: str) -> list[InputSet]:
     if path.is_dir():
         files = sorted(path.glob("*.npz"))
         if not files:
-            raise ConfigError(f"no .npz files in {path}", key=key, hint="give an .npz file or a folder of them")
+            raise ConfigError(
+                f"no .npz files in {path}", key=key, hint="give an .npz file or a folder of them"
+            )
     elif path.is_file() and path.suffix == ".npz":
         files = [path]
     else:

@@ -56,8 +56,11 @@ def test_input_sets_are_shapes_plus_edge_profiles_at_the_smallest_shape() -> Non
 
 def test_value_profiles_per_dtype() -> None:
     cfg = compose_config(
-        [*TINY, "input.inputs=[{name:ids,dtype:int64,shape:[2,6],low:3,high:9},{name:mask,dtype:bool,shape:[2,6]},"
-         "{name:x,dtype:float32,shape:[2,6]}]"]
+        [
+            *TINY,
+            "input.inputs=[{name:ids,dtype:int64,shape:[2,6],low:3,high:9},{name:mask,dtype:bool,shape:[2,6]},"
+            "{name:x,dtype:float32,shape:[2,6]}]",
+        ]
     )
     ids, mask, x = parse_specs(cfg.input)
     gen = torch.Generator().manual_seed(0)
@@ -65,7 +68,9 @@ def test_value_profiles_per_dtype() -> None:
     assert make_tensor(mask, [2, 6], gen, "large").all()
     random_mask = make_tensor(mask, [50, 50], gen, "normal")
     assert random_mask.any() and not random_mask.all()
-    assert (make_tensor(ids, [2, 6], gen, "zeros") == 3).all() and (make_tensor(ids, [2, 6], gen, "large") == 8).all()
+    assert (make_tensor(ids, [2, 6], gen, "zeros") == 3).all() and (
+        make_tensor(ids, [2, 6], gen, "large") == 8
+    ).all()
     normal_ids = make_tensor(ids, [40, 40], gen, "normal")
     assert normal_ids.min() == 3 and normal_ids.max() == 8 and normal_ids.dtype == torch.int64
     assert (make_tensor(x, [2, 6], gen, "zeros") == 0).all()
@@ -95,11 +100,14 @@ def test_samples_are_used_as_is_and_checked(tmp_path: Path) -> None:
 
 
 def test_int_and_bool_inputs_build_with_all_profiles(tmp_path: Path) -> None:
-    result = build(tmp_path, custom(
-        "MaskAndTokens",
-        "[{name:ids,dtype:int64,shape:[2,5],low:0,high:50,dynamic:{0:{name:batch,min:1,max:4}}},"
-        "{name:mask,dtype:bool,shape:[2,5],dynamic:{0:{name:batch,min:1,max:4}}}]",
-    ))
+    result = build(
+        tmp_path,
+        custom(
+            "MaskAndTokens",
+            "[{name:ids,dtype:int64,shape:[2,5],low:0,high:50,dynamic:{0:{name:batch,min:1,max:4}}},"
+            "{name:mask,dtype:bool,shape:[2,5],dynamic:{0:{name:batch,min:1,max:4}}}]",
+        ),
+    )
     report = validation_json(tmp_path)
     assert report["passed"] and not report["weak"]
     labels = [s["label"] for s in report["input_sets"]]
@@ -138,7 +146,9 @@ def test_tolerances_by_precision_global_and_per_output() -> None:
     assert fp16[:2] == (1e-2, 1e-2) and fp16[2] == "precision float16"
     assert resolve_tolerance("out", "bfloat16", "float32", section)[:2] == (5e-2, 5e-2)
     assert resolve_tolerance("ids", "int64", "float32", section)[:2] == (0.0, 0.0)
-    section = compose_config([*TINY, "validation.atol=1e-6", "+validation.outputs.probs.atol=1e-2"]).validation
+    section = compose_config(
+        [*TINY, "validation.atol=1e-6", "+validation.outputs.probs.atol=1e-2"]
+    ).validation
     assert resolve_tolerance("logits", "float32", "float32", section) == (1e-6, 1e-3, "validation.atol")
     assert resolve_tolerance("probs", "float32", "float32", section)[:2] == (1e-2, 1e-3)
 
@@ -168,13 +178,19 @@ def test_weak_reason_flags_zero_and_constant_outputs() -> None:
 def test_zero_head_with_default_init_is_weak_and_can_fail(tmp_path: Path) -> None:
     base = custom("ZeroHead", "[{name:x,dtype:float32,shape:[2,4],dynamic:{0:{name:batch,min:1,max:4}}}]")
     result = build(tmp_path, [*base, "model.init=default"])
-    assert result.report["validation"]["weak"] and result.report["validation"]["degenerate_outputs"] == ["output"]
-    assert any("output 'output'" in w and "weak" in w and "model.checkpoint" in w for w in result.report["warnings"])
+    assert result.report["validation"]["weak"] and result.report["validation"]["degenerate_outputs"] == [
+        "output"
+    ]
+    assert any(
+        "output 'output'" in w and "weak" in w and "model.checkpoint" in w for w in result.report["warnings"]
+    )
     assert result.manifest["model_init"]["mode"] == "default"
     with pytest.raises(ValidationFailed) as info:
         build(tmp_path, [*base, "model.init=default", "validation.require_informative=true"])
     assert info.value.key == "validation.require_informative" and "(near-)zero" in info.value.message
-    assert (tmp_path / "run" / "model.FAILED.onnx").is_file() and not (tmp_path / "run" / "model.onnx").exists()
+    assert (tmp_path / "run" / "model.FAILED.onnx").is_file() and not (
+        tmp_path / "run" / "model.onnx"
+    ).exists()
     # The informative init (default without a checkpoint) redraws the zero head.
     result = build(tmp_path, [*base, "validation.require_informative=true"])
     assert not result.report["validation"]["weak"]
@@ -197,7 +213,9 @@ def test_handed_case_1_random_op_is_non_deterministic_not_a_mismatch(tmp_path: P
     report = validation_json(tmp_path)
     assert report["passed"] and result.model_path.name == "model.onnx"
     assert report["nondeterministic"]["finding"].startswith("non-deterministic graph: RandomNormal")
-    assert report["nondeterministic"]["outputs"] == {"output": [report["nondeterministic"]["random_nodes"][0][0]]}
+    assert report["nondeterministic"]["outputs"] == {
+        "output": [report["nondeterministic"]["random_nodes"][0][0]]
+    }
     assert all(s["outputs"]["output"]["passed"] is None for s in report["input_sets"])
     assert any("non-deterministic graph: RandomNormal" in w for w in result.report["warnings"])
     with pytest.raises(ValidationFailed) as info:
@@ -236,10 +254,14 @@ def _wrong_relu(x):  # noqa: ANN001, ANN202 (onnxscript tensor)
     return op.Sigmoid(x)
 
 
-def test_broken_translation_names_the_first_diverging_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_broken_translation_names_the_first_diverging_node(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Test-only hook: the exporter maps aten.relu to Sigmoid, as a wrong custom translation would.
     table = {torch.ops.aten.relu.default: _wrong_relu}
-    monkeypatch.setattr(torch.onnx, "export", functools.partial(torch.onnx.export, custom_translation_table=table))
+    monkeypatch.setattr(
+        torch.onnx, "export", functools.partial(torch.onnx.export, custom_translation_table=table)
+    )
     with pytest.raises(ValidationFailed) as info:
         build(tmp_path, TINY)
     message = info.value.message
@@ -330,8 +352,20 @@ def test_report_has_the_table_and_validation_json_every_set(tmp_path: Path) -> N
     report = validation_json(tmp_path)
     for item in report["input_sets"]:
         stats = item["outputs"]["output"]
-        for key in ("max_abs", "max_rel", "mean_abs", "p99_abs", "min_atol_to_pass", "min_rtol_to_pass",
-                    "reference_nan", "actual_inf", "shape", "dtype", "atol", "rtol"):
+        for key in (
+            "max_abs",
+            "max_rel",
+            "mean_abs",
+            "p99_abs",
+            "min_atol_to_pass",
+            "min_rtol_to_pass",
+            "reference_nan",
+            "actual_inf",
+            "shape",
+            "dtype",
+            "atol",
+            "rtol",
+        ):
             assert key in stats, key
     assert OmegaConf.create(report)  # plain JSON types
 
@@ -344,7 +378,9 @@ def test_init_default_is_the_models_own_seeded_init(tmp_path: Path) -> None:
     reference = TinyCNN().eval()
     x = torch.randn(3, 3, 32, 32)
     session = ort.InferenceSession(str(result.model_path), providers=["CPUExecutionProvider"])
-    np.testing.assert_allclose(session.run(None, {"input": x.numpy()})[0], reference(x).detach().numpy(), atol=1e-5)
+    np.testing.assert_allclose(
+        session.run(None, {"input": x.numpy()})[0], reference(x).detach().numpy(), atol=1e-5
+    )
     assert result.manifest["model_init"] == {"mode": "default"}
 
 

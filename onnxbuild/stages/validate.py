@@ -68,7 +68,9 @@ def _reference(model: Any, ctx: BuildContext, values: dict[str, Any]) -> list[tu
     """Eager outputs as (numpy array, torch dtype name)."""
     import torch
 
-    device_values = {k: v.to(ctx.torch_device) if isinstance(v, torch.Tensor) else v for k, v in values.items()}
+    device_values = {
+        k: v.to(ctx.torch_device) if isinstance(v, torch.Tensor) else v for k, v in values.items()
+    }
     args, kwargs = split_call(ctx.specs, device_values)
     with torch.no_grad():
         outputs = flatten_outputs(model(*args, **kwargs))
@@ -102,7 +104,10 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact) -> Artifact:
     policy = str(section.random_ops)
     if policy not in RANDOM_OPS_POLICIES:
         raise StageError(
-            f"unknown random_ops policy '{policy}'", stage=NAME, key="validation.random_ops", hint="warn or fail"
+            f"unknown random_ops policy '{policy}'",
+            stage=NAME,
+            key="validation.random_ops",
+            hint="warn or fail",
         )
     for out_name, override in (section.outputs or {}).items():
         unknown = set(override or {}) - {"atol", "rtol"} if isinstance(override, DictConfig | dict) else {"?"}
@@ -215,7 +220,9 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact) -> Artifact:
         extra = InputSet("input-sensitivity", "normal", sets[0].sizes, seed=int(ctx.cfg.seed) + 7919)
         if sets[0].arrays is None:
             first = next(iter(groups.values()))
-            same_shape = [[*first, [np.asarray(r) for r, _ in _reference(model, ctx, extra.values(ctx.specs))]]]
+            same_shape = [
+                [*first, [np.asarray(r) for r, _ in _reference(model, ctx, extra.values(ctx.specs))]]
+            ]
     weak: dict[str, str] = {}
     for index, name in enumerate(names):
         if name in nondet_names:
@@ -233,7 +240,9 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact) -> Artifact:
     for message in edge_warnings:
         ctx.warn(message)
     if finding and policy == "warn":
-        ctx.warn(f"{finding}: those outputs are not compared numerically (validation.random_ops=fail to fail)")
+        ctx.warn(
+            f"{finding}: those outputs are not compared numerically (validation.random_ops=fail to fail)"
+        )
 
     passed = all(r["passed"] for r in results)
     report: dict[str, Any] = {
@@ -255,7 +264,12 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact) -> Artifact:
         "max_abs_error": max((o.get("max_abs", 0.0) for o in _verdict_stats(results)), default=0.0),
         "max_rel_error": max((o.get("max_rel", 0.0) for o in _verdict_stats(results)), default=0.0),
         "edge_max_abs_error": max(
-            (o.get("max_abs", 0.0) for r in results if r["profile"] in EDGE_PROFILES for o in r["outputs"].values()),
+            (
+                o.get("max_abs", 0.0)
+                for r in results
+                if r["profile"] in EDGE_PROFILES
+                for o in r["outputs"].values()
+            ),
             default=None,
         ),
         "diagnosis": None,
@@ -268,7 +282,9 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact) -> Artifact:
         label, name, stats = failed[0]
         clause = ""
         if section.diagnose and failing_values is not None:
-            report["diagnosis"] = _diagnose(ctx, upstream.path, failing_values, failing_reference, onnx_names, stats)
+            report["diagnosis"] = _diagnose(
+                ctx, upstream.path, failing_values, failing_reference, onnx_names, stats
+            )
             if report["diagnosis"].get("error") is None:
                 from onnxbuild.diagnose import describe
 
@@ -277,7 +293,9 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact) -> Artifact:
             f"output '{name}' differs from eager PyTorch on input set '{label}': {stats.get('reason')} "
             f"(max rel {stats.get('max_rel', float('nan')):.3g}; {len(failed)} failing output/set pair(s)){clause}",
             stage=NAME,
-            key=f"validation.outputs.{name}" if tolerances.get(name, {}).get("source", "").startswith("validation.outputs") else "validation.atol",
+            key=f"validation.outputs.{name}"
+            if tolerances.get(name, {}).get("source", "").startswith("validation.outputs")
+            else "validation.atol",
             hint=f"details in validation.json; atol >= {stats.get('min_atol_to_pass', float('nan')):.3g} would pass",
         )
     elif finding and policy == "fail":
@@ -331,7 +349,9 @@ def _diagnose(
 
     from onnxbuild.diagnose import localize
 
-    device_values = {k: v.to(ctx.torch_device) if isinstance(v, torch.Tensor) else v for k, v in values.items()}
+    device_values = {
+        k: v.to(ctx.torch_device) if isinstance(v, torch.Tensor) else v for k, v in values.items()
+    }
     args, kwargs = split_call(ctx.specs, device_values)
     try:
         return localize(
@@ -348,7 +368,11 @@ def _diagnose(
         )
     except Exception as exc:  # diagnosis is best effort; the verdict stands
         log.warning("diagnosis failed: %s", first_line(exc))
-        return {"stage": None, "summary": "diagnosis failed", "error": f"{type(exc).__name__}: {first_line(exc)}"}
+        return {
+            "stage": None,
+            "summary": "diagnosis failed",
+            "error": f"{type(exc).__name__}: {first_line(exc)}",
+        }
 
 
 def _fmt(value: Any) -> str:
