@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import platform
 import shutil
 import time
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from onnxbuild import __version__
+from onnxbuild import __version__, versions
 from onnxbuild.artifacts import (
     canonical_json,
     describe_file,
@@ -39,7 +40,7 @@ from onnxbuild.fingerprint import (
 )
 from onnxbuild.inputs import InputSpec, parse_specs
 from onnxbuild.models import allowed_prefixes, check_checkpoint, resolve_target
-from onnxbuild.versions import package_version, platform_info, tool_versions
+from onnxbuild.versions import platform_info, tool_versions
 
 if TYPE_CHECKING:
     from onnxbuild.cache import Entry, StageCache
@@ -289,8 +290,8 @@ def stage_key(spec: StageSpec, cfg: DictConfig, upstream: Artifact | None) -> st
         "upstream": None
         if upstream is None
         else {"sha256": upstream.digest, "io": upstream.info.get("io")},
-        "tools": {name: package_version(name) for name in spec.tools},
-        "python": platform_info() | {"version": tool_versions()["python"]},
+        "tools": {name: versions.package_version(name) for name in spec.tools},
+        "python": platform_info() | {"version": platform.python_version()},
     }
     return compute_key(parts)
 
