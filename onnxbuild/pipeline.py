@@ -191,17 +191,28 @@ def check_target(target: str, prefixes: list[str]) -> None:
         )
 
 
-def prepare_runtime(cfg: DictConfig) -> None:
-    """Checks and settings that need torch: done once, before the first stage that really runs."""
+def prepare_runtime(cfg: DictConfig) -> Callable[[], None] | None:
+    """Checks and settings that need torch: done once, before the first stage that really runs.
+
+    Returns what undoes the global torch settings (for callers that build in-process, e.g. tests).
+    """
     resolve_target(str(cfg.model._target_), allowed_prefixes(cfg.model, list(cfg.allowed_target_prefixes)))
     if str(cfg.device.name) == "cuda":
         check_cuda(int(cfg.device.index))
-    if cfg.get("deterministic"):
-        import torch
+    if not cfg.get("deterministic"):
+        return None
+    import torch
 
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+
+    def restore() -> None:
+        torch.use_deterministic_algorithms(previous[0])
+        torch.backends.cudnn.benchmark = previous[1]
+
+    return restore
 
 
 def check_cuda(index: int) -> None:
@@ -318,12 +329,22 @@ class _Attempt:
     onnx_artifact: Artifact | None = None
     onnx_entry: Entry | None = None
     failure: BuildError | None = None
+    restore: Callable[[], None] | None = None
 
 
 def _run_stages(ctx: BuildContext, cache: StageCache | None) -> _Attempt:
     """One pass over the stages: each is restored from the cache or run (and then stored)."""
-    cfg = ctx.cfg
     attempt = _Attempt()
+    try:
+        _stage_loop(ctx, cache, attempt)
+    finally:
+        if attempt.restore is not None:
+            attempt.restore()
+    return attempt
+
+
+def _stage_loop(ctx: BuildContext, cache: StageCache | None, attempt: _Attempt) -> None:
+    cfg = ctx.cfg
     upstream: Artifact | None = None
     upstream_entry: Entry | None = None
     prepared = False
@@ -338,8 +359,8 @@ def _run_stages(ctx: BuildContext, cache: StageCache | None) -> _Attempt:
         try:
             if entry is None:
                 if not prepared:
-                    prepare_runtime(cfg)
                     prepared = True
+                    attempt.restore = prepare_runtime(cfg)
                 if upstream_entry is not None:
                     problem = upstream_entry.check(full=True)  # about to read it: check every byte
                     if problem is not None:
@@ -388,7 +409,6 @@ def _run_stages(ctx: BuildContext, cache: StageCache | None) -> _Attempt:
         if not spec.passthrough:
             upstream_entry = entry
         upstream = artifact
-    return attempt
 
 
 def _compute_or_wait(
