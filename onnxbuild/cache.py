@@ -317,7 +317,9 @@ def human(n: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m onnxbuild.cache", description="Show or prune the stage cache.")
+    parser = argparse.ArgumentParser(
+        prog="python -m onnxbuild.cache", description="Show or prune the stage cache."
+    )
     parser.add_argument("--root", default=os.environ.get("ONNXBUILD_CACHE_DIR", DEFAULT_ROOT))
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("info", help="entries and size per stage (default)")
@@ -342,7 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     by_stage: dict[str, list[Entry]] = {}
     for entry in entries:
         by_stage.setdefault(entry.stage, []).append(entry)
-    print(f"cache {cache.root.resolve()}: {len(entries)} entries, {human(sum(cache.entry_size(e) for e in entries))}")
+    print(
+        f"cache {cache.root.resolve()}: {len(entries)} entries, {human(sum(cache.entry_size(e) for e in entries))}"
+    )
     for stage, items in sorted(by_stage.items()):
         print(f"  {stage:<12} {len(items):>4} entries  {human(sum(cache.entry_size(e) for e in items)):>10}")
     return 0

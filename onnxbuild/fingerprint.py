@@ -46,7 +46,17 @@ def git_info() -> dict[str, Any] | None:
             ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
         )
         status = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--", "onnxbuild", "conf"],
+            [
+                "git",
+                "-C",
+                str(root),
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                "onnxbuild",
+                "conf",
+            ],
             capture_output=True,
             text=True,
             timeout=10,

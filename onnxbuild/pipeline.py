@@ -298,9 +298,7 @@ def stage_key(spec: StageSpec, cfg: DictConfig, upstream: Artifact | None) -> st
         "config": config,
         "input_files": input_digests(cfg, spec.reads),
         "model_code": target_identity(str(cfg.model._target_)) if spec.uses_model else None,
-        "upstream": None
-        if upstream is None
-        else {"sha256": upstream.digest, "io": upstream.info.get("io")},
+        "upstream": None if upstream is None else {"sha256": upstream.digest, "io": upstream.info.get("io")},
         "tools": {name: versions.package_version(name) for name in spec.tools},
         "python": platform_info() | {"version": platform.python_version()},
     }

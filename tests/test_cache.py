@@ -126,7 +126,9 @@ def test_rebuild_hits_every_stage_and_gives_identical_outputs(tmp_path: Path) ->
     assert (tmp_path / "b" / "validation.json").is_file()
     assert second.report["validation"] == first.report["validation"]
     for name in ("capture.pt2", "fx_optimize.pt2", "convert.onnx", "simplify.onnx"):
-        assert (tmp_path / "b" / "stages" / name).read_bytes() == (tmp_path / "a" / "stages" / name).read_bytes()
+        assert (tmp_path / "b" / "stages" / name).read_bytes() == (
+            tmp_path / "a" / "stages" / name
+        ).read_bytes()
 
     # Corrupt the cached simplify output (one byte, in place): detected, discarded, rebuilt.
     simplify_key = next(s["cache_key"] for s in second.stages if s["name"] == "simplify")
@@ -181,7 +183,11 @@ def test_noop_rebuild_imports_no_heavy_library(tmp_path: Path) -> None:
     env.pop("HYDRA_FULL_ERROR", None)
     proc = subprocess.run(
         [sys.executable, "-c", NOOP_PROBE, *args, f"hydra.run.dir={tmp_path / 'noop'}"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     probe = json.loads(proc.stdout.split("PROBE ")[-1])
@@ -196,9 +202,19 @@ def test_two_concurrent_builds_capture_once(tmp_path: Path) -> None:
     env.pop("HYDRA_FULL_ERROR", None)
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "onnxbuild", *TINY, f"cache.root={tmp_path / 'cache'}",
-             f"hydra.run.dir={tmp_path / name}"],
-            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "onnxbuild",
+                *TINY,
+                f"cache.root={tmp_path / 'cache'}",
+                f"hydra.run.dir={tmp_path / name}",
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for name in ("a", "b")
     ]
@@ -233,10 +249,20 @@ def test_cache_cli_shows_size_and_prunes(tmp_path: Path) -> None:
         with cache.lock(key):
             cache.store(key, "capture", {"stages/f.bin": src}, {}, "stages/f.bin")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    info = subprocess.run([sys.executable, "-m", "onnxbuild.cache", "--root", str(cache.root)],
-                          env=env, capture_output=True, text=True, check=True)
+    info = subprocess.run(
+        [sys.executable, "-m", "onnxbuild.cache", "--root", str(cache.root)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "3 entries" in info.stdout and "capture" in info.stdout
-    pruned = subprocess.run([sys.executable, "-m", "onnxbuild.cache", "--root", str(cache.root), "prune",
-                             "--max-size", "4K"], env=env, capture_output=True, text=True, check=True)
+    pruned = subprocess.run(
+        [sys.executable, "-m", "onnxbuild.cache", "--root", str(cache.root), "prune", "--max-size", "4K"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "removed 1 entries" in pruned.stdout and "2 entries" in pruned.stdout
     assert len(cache.entries()) == 2

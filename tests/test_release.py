@@ -58,6 +58,7 @@ def test_release_bundle(tmp_path: Path) -> None:
         check = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=bundle, capture_output=True, text=True)
         assert check.returncode == 0, check.stdout + check.stderr
         assert check.stdout.count(": OK") == 4
-        run_check = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=tmp_path / "run",
-                                   capture_output=True, text=True)
+        run_check = subprocess.run(
+            ["sha256sum", "-c", "SHA256SUMS"], cwd=tmp_path / "run", capture_output=True, text=True
+        )
         assert run_check.returncode == 0 and "model.onnx: OK" in run_check.stdout

@@ -17,7 +17,8 @@ def checkout_copy(dest: Path) -> Path:
     subprocess.run(["git", "clone", "-q", "--no-hardlinks", str(REPO), str(dest)], check=True)
     listed = subprocess.run(
         ["git", "-C", str(REPO), "ls-files", "-z", "--modified", "--others", "--exclude-standard"],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     ).stdout.split(b"\0")
     for name in filter(None, (n.decode() for n in listed)):
         src = REPO / name
@@ -48,15 +49,27 @@ def test_two_checkouts_build_identical_artifacts(tmp_path: Path) -> None:
         procs.append(
             subprocess.Popen(
                 [sys.executable, "-m", "onnxbuild", *TINY, f"hydra.run.dir={tmp_path / name / 'run'}"],
-                cwd=tmp_path / name, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                cwd=tmp_path / name,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
             )
         )
     for proc in procs:
         _out, err = proc.communicate(timeout=900)
         assert proc.returncode == 0, err[-3000:]
     one, two = digests(tmp_path / "one" / "run"), digests(tmp_path / "two" / "run")
-    expected = {"model.onnx", "manifest.json", "SHA256SUMS", "validation.json", "stages/capture.pt2",
-                "stages/fx_optimize.pt2", "stages/convert.onnx", "stages/simplify.onnx"}
+    expected = {
+        "model.onnx",
+        "manifest.json",
+        "SHA256SUMS",
+        "validation.json",
+        "stages/capture.pt2",
+        "stages/fx_optimize.pt2",
+        "stages/convert.onnx",
+        "stages/simplify.onnx",
+    }
     assert expected <= set(one)
     assert one == two
     # No path leaked into the artifacts (torch.export keeps source paths in node stack traces).

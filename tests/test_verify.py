@@ -13,8 +13,13 @@ from tests.conftest import REPO, TINY, compose_config
 
 def run_verify(run_dir: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "onnxbuild.verify", "-q", str(run_dir)],
-                          env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "onnxbuild.verify", "-q", str(run_dir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_verify_passes_then_names_the_changed_file(tmp_path: Path) -> None:
