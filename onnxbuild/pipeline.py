@@ -196,6 +196,8 @@ def prepare_runtime(cfg: DictConfig) -> Callable[[], None] | None:
 
     Returns what undoes the global torch settings (for callers that build in-process, e.g. tests).
     """
+    if cfg.get("deterministic"):  # read by cuBLAS when CUDA initializes: set before any torch call
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     resolve_target(str(cfg.model._target_), allowed_prefixes(cfg.model, list(cfg.allowed_target_prefixes)))
     if str(cfg.device.name) == "cuda":
         check_cuda(int(cfg.device.index))
@@ -204,7 +206,6 @@ def prepare_runtime(cfg: DictConfig) -> Callable[[], None] | None:
     import torch
 
     previous = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = False
 
