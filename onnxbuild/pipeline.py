@@ -368,7 +368,10 @@ def _stage_loop(ctx: BuildContext, cache: StageCache | None, attempt: _Attempt) 
             else:
                 log.info("stage %s: cache hit %s", spec.name, key[:12])
             if entry is not None and status == "cached":
-                artifact = _restore(spec, ctx, upstream, entry)
+                try:
+                    artifact = _restore(spec, ctx, upstream, entry)
+                except OSError as exc:  # e.g. pruned by another process meanwhile
+                    raise CorruptEntry(entry.key, f"cannot restore: {exc}") from exc
         except BuildError as exc:
             attempt.records.append(
                 {
@@ -506,6 +509,13 @@ def _check_published(manifest: dict[str, Any], model_path: Path | None, attempt:
     """The published model is hashed for the manifest anyway: it must be the artifact's digest."""
     if model_path is None or attempt.onnx_artifact is None:
         return
+    if model_path.with_name(model_path.name + ".data").exists():
+        # Re-saved under the published name (external data location), so the bytes differ from the
+        # stage file: check the cache entry it came from instead.
+        problem = attempt.onnx_entry.check(full=True) if attempt.onnx_entry is not None else None
+        if problem is not None:
+            raise CorruptEntry(attempt.onnx_entry.key, problem)
+        return
     published = next((a for a in manifest["artifacts"] if a["path"] == model_path.name), None)
     if published is None or published["sha256"] == attempt.onnx_artifact.digest:
         return
@@ -515,11 +525,10 @@ def _check_published(manifest: dict[str, Any], model_path: Path | None, attempt:
             f"{model_path.name} has sha256 {published['sha256'][:12]}, "
             f"expected {attempt.onnx_artifact.digest[:12]}",
         )
-    if not model_path.with_name(model_path.name + ".data").exists():
-        raise StageError(
-            f"{model_path.name} changed while it was published",
-            hint="another process is writing into the run directory",
-        )
+    raise StageError(
+        f"{model_path.name} changed while it was published",
+        hint="another process is writing into the run directory",
+    )
 
 
 def _cache_summary(cache: StageCache | None, records: list[dict[str, Any]]) -> dict[str, Any]:

@@ -31,6 +31,11 @@ def keys(*overrides: str) -> dict[str, str]:
     }
 
 
+def test_cache_off_override() -> None:
+    assert compose_config([*TINY, "cache=off"]).cache.enabled is False
+    assert compose_config(TINY).cache.enabled is True
+
+
 def test_key_is_stable_and_ignores_cache_settings(tmp_path: Path) -> None:
     assert keys() == keys()
     assert keys() == keys("cache=off") == keys(f"cache.root={tmp_path}")

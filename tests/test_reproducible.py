@@ -77,3 +77,52 @@ def test_two_checkouts_build_identical_artifacts(tmp_path: Path) -> None:
         run = tmp_path / name / "run"
         for rel in expected:
             assert str(tmp_path).encode() not in (run / rel).read_bytes(), rel
+
+
+def test_manifest_records_inputs_versions_and_artifacts(tmp_path: Path) -> None:
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from onnxbuild.artifacts import file_sha256
+    from onnxbuild.pipeline import run_build
+    from onnxbuild.zoo import TinyCNN
+    from tests.conftest import compose_config
+
+    torch.manual_seed(5)
+    ckpt = tmp_path / "tiny.safetensors"
+    save_file(TinyCNN().state_dict(), str(ckpt))
+    result = run_build(compose_config([*TINY, f"model.checkpoint={ckpt}"]), tmp_path / "run")
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest == json.loads(json.dumps(result.manifest))  # JSON turns int dim keys into str
+    assert manifest["inputs"] == {
+        "model.checkpoint": {"name": "tiny.safetensors", "sha256": file_sha256(ckpt)}
+    }
+    required = {
+        "python",
+        "torch",
+        "torchvision",
+        "onnx",
+        "onnxscript",
+        "onnxruntime",
+        "onnxsim",
+        "hydra-core",
+        "omegaconf",
+        "numpy",
+    }
+    assert required <= set(manifest["versions"])
+    assert manifest["capture_strategy"] == "non_strict" and manifest["platform"]["system"]
+    assert len(manifest["onnxbuild_source_sha256"]) == 64 and "onnxbuild_git" in manifest
+    assert "cache" not in manifest["config"] and "hydra" not in manifest["config"]
+    [model] = manifest["artifacts"]
+    assert model == {
+        "path": "model.onnx",
+        "size": (tmp_path / "run" / "model.onnx").stat().st_size,
+        "sha256": file_sha256(tmp_path / "run" / "model.onnx"),
+    }
+    text = (tmp_path / "run" / "manifest.json").read_text()
+    assert text == json.dumps(manifest, sort_keys=True, indent=2, ensure_ascii=False) + "\n"  # canonical
+    for volatile in ("started_at", "wall_seconds", "host", "run_dir", str(tmp_path / "run")):
+        assert volatile not in text
+    assert (tmp_path / "run" / "SHA256SUMS").read_text() == f"{model['sha256']}  model.onnx\n"
