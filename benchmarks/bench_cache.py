@@ -5,7 +5,8 @@
 2. A 4-opset sweep (`-m opset=17,18,19,20`, one fresh cache) vs 4 independent cold builds
    (`cache=off`): wall seconds and ratio (sweep / independent).
 
-Usage: python benchmarks/bench_cache.py [--model resnet50] [--sweep-model resnet50] [--skip-sweep]
+Usage: python benchmarks/bench_cache.py [--model resnet50] [--sweep-model resnet50] [--skip-sweep] [--skip-noop]
+(model names are config options: resnet = resnet18, resnet50, mobilenet_v3_small, tiny_cnn)
 """
 
 from __future__ import annotations
@@ -78,10 +79,12 @@ def main() -> None:
     parser.add_argument("--model", default="resnet50")
     parser.add_argument("--sweep-model", default="resnet50")
     parser.add_argument("--skip-sweep", action="store_true")
+    parser.add_argument("--skip-noop", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        noop_vs_cold(args.model, root)
+        if not args.skip_noop:
+            noop_vs_cold(args.model, root)
         if not args.skip_sweep:
             sweep_vs_independent(args.sweep_model, root)
 

@@ -45,3 +45,12 @@ def test_verify_passes_then_names_the_changed_file(tmp_path: Path) -> None:
 def test_verify_refuses_a_directory_without_manifest(tmp_path: Path) -> None:
     proc = run_verify(tmp_path)
     assert proc.returncode == 1 and "manifest.json" in proc.stdout
+
+
+def test_environment_differences_name_the_tool() -> None:
+    from onnxbuild.verify import environment_differences
+    from onnxbuild.versions import platform_info, tool_versions
+
+    recorded = {"versions": {**tool_versions(), "torch": "0.0.1"}, "platform": platform_info()}
+    assert environment_differences(recorded) == [f"torch: recorded 0.0.1, here {tool_versions()['torch']}"]
+    assert environment_differences({"versions": tool_versions(), "platform": platform_info()}) == []
