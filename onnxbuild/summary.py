@@ -40,7 +40,12 @@ def format_summary(report: dict[str, Any]) -> str:
             )
     for warning in report.get("warnings", []):
         lines.append(f"  warning: {warning}")
+    cache = report.get("cache") or {}
+    if cache.get("enabled"):
+        lines.append(f"  cache:   {len(cache.get('hits', []))} stage(s) reused, {len(cache.get('computed', []))} computed")
     lines.append(f"  run dir: {report['run_dir']}")
     if report.get("model"):
         lines.append(f"  model:   {report['model']}")
+    if report.get("release_bundle"):
+        lines.append(f"  release: {report['release_bundle']}")
     return "\n".join(lines)
