@@ -351,6 +351,7 @@ def _stage_loop(ctx: BuildContext, cache: StageCache | None, attempt: _Attempt) 
         if not spec.enabled(cfg):
             attempt.records.append({"name": spec.name, "status": "skipped"})
             continue
+        log.info("stage %s ...", spec.name)
         t0 = time.perf_counter()
         key = stage_key(spec, cfg, upstream) if cache is not None else None
         entry = cache.lookup(key) if cache is not None else None
@@ -387,14 +388,14 @@ def _stage_loop(ctx: BuildContext, cache: StageCache | None, attempt: _Attempt) 
         log.info("stage %s %s in %.2fs", spec.name, "restored" if status == "cached" else "done", seconds)
         record = {
             "name": spec.name,
-            "status": status,
+            "status": "ok",
             "seconds": round(seconds, 3),
             "artifact": artifact.path.relative_to(ctx.run_dir).as_posix(),
             "sha256": artifact.digest,
             "info": {k: v for k, v in artifact.info.items() if k not in ("io", "report")},
         }
         if key is not None:
-            record["cache_key"] = key
+            record["cache"] = {"hit": status == "cached", "key": key}
         attempt.records.append(record)
         if artifact.path.suffix == ".onnx" and not spec.passthrough:
             attempt.onnx_artifact = artifact
@@ -537,8 +538,8 @@ def _cache_summary(cache: StageCache | None, records: list[dict[str, Any]]) -> d
     return {
         "enabled": True,
         "root": str(cache.root.resolve()),
-        "hits": [r["name"] for r in records if r.get("status") == "cached"],
-        "computed": [r["name"] for r in records if r.get("status") == "ok"],
+        "hits": [r["name"] for r in records if r.get("cache", {}).get("hit")],
+        "computed": [r["name"] for r in records if "cache" in r and not r["cache"]["hit"]],
     }
 
 

@@ -26,7 +26,8 @@ def format_summary(report: dict[str, Any]) -> str:
         if stage.get("error"):
             details.append(stage["error"])
         seconds = f"{stage['seconds']:.2f}" if "seconds" in stage else "-"
-        lines.append(f"  {stage['name']:<12} {stage['status']:<8} {seconds:>8}  {' '.join(details)}")
+        status = "cached" if (stage.get("cache") or {}).get("hit") else stage["status"]
+        lines.append(f"  {stage['name']:<12} {status:<8} {seconds:>8}  {' '.join(details)}")
     validation = report.get("validation")
     if validation:
         lines.append(

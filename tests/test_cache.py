@@ -136,7 +136,7 @@ def test_rebuild_hits_every_stage_and_gives_identical_outputs(tmp_path: Path) ->
         ).read_bytes()
 
     # Corrupt the cached simplify output (one byte, in place): detected, discarded, rebuilt.
-    simplify_key = next(s["cache_key"] for s in second.stages if s["name"] == "simplify")
+    simplify_key = next(s["cache"]["key"] for s in second.stages if s["name"] == "simplify")
     cached = StageCache(tmp_path / "cache").entry_dir(simplify_key) / "files" / "stages" / "simplify.onnx"
     os.chmod(cached, 0o644)
     data = bytearray(cached.read_bytes())
@@ -151,7 +151,7 @@ def test_rebuild_hits_every_stage_and_gives_identical_outputs(tmp_path: Path) ->
 def test_corruption_that_keeps_mtime_is_caught_when_published(tmp_path: Path) -> None:
     cfg = compose_config([*TINY, f"cache.root={tmp_path / 'cache'}", "validation.enabled=false"])
     first = run_build(cfg, tmp_path / "a")
-    simplify_key = next(s["cache_key"] for s in first.stages if s["name"] == "simplify")
+    simplify_key = next(s["cache"]["key"] for s in first.stages if s["name"] == "simplify")
     cached = StageCache(tmp_path / "cache").entry_dir(simplify_key) / "files" / "stages" / "simplify.onnx"
     stat = cached.stat()
     os.chmod(cached, 0o644)
@@ -227,8 +227,8 @@ def test_two_concurrent_builds_capture_once(tmp_path: Path) -> None:
     for proc, (_out, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err[-3000:]
     reports = [json.loads((tmp_path / n / "report.json").read_text()) for n in ("a", "b")]
-    statuses = sorted(next(s["status"] for s in r["stages"] if s["name"] == "capture") for r in reports)
-    assert statuses == ["cached", "ok"]  # exactly one capture ran
+    hits = sorted(next(s["cache"]["hit"] for s in r["stages"] if s["name"] == "capture") for r in reports)
+    assert hits == [False, True]  # exactly one capture ran
     for stage in ("fx_optimize", "convert", "simplify", "validate"):
         assert sum(stage in r["cache"]["computed"] for r in reports) == 1, stage
     assert (tmp_path / "a" / "model.onnx").read_bytes() == (tmp_path / "b" / "model.onnx").read_bytes()
