@@ -32,7 +32,7 @@ def checkout_copy(dest: Path) -> Path:
 
 def digests(run_dir: Path) -> dict[str, str]:
     files = [p for p in run_dir.rglob("*") if p.is_file()]
-    skip = {"report.json", "onnxbuild.log"}
+    skip = {"report.json", "onnxbuild.log", "status.json"}  # run records: times, paths, host
     return {
         p.relative_to(run_dir).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in files
