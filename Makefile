@@ -34,6 +34,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_resnet50.py
+	$(PY) benchmarks/bench_cache.py
+
+release: $(STAMP)
+	$(PY) -m onnxbuild +release=default $(ARGS)
 
 sweep: $(STAMP)
 	$(PY) -m onnxbuild +sweep=$(SWEEP) $(ARGS)

@@ -147,6 +147,23 @@ class ValidationConfig:
 
 
 @dataclass
+class CacheConfig:
+    """The content-addressed stage cache (onnxbuild/cache.py); `cache=off` disables it."""
+
+    name: str = "on"
+    enabled: bool = True
+    root: str = "outputs/.cache"
+
+
+@dataclass
+class ReleaseConfig:
+    """Release bundle (`+release=default`): release/<model>-opset<N>-<shorthash>/ after a passing build."""
+
+    enabled: bool = False
+    root: str = "release"
+
+
+@dataclass
 class BuildConfig:
     model: ModelConfig = MISSING
     input: InputConfig = MISSING
@@ -158,6 +175,10 @@ class BuildConfig:
     seed: int = 0
     # Extra import-path prefixes allowed for model _target_ (build-wide).
     allowed_target_prefixes: List[str] = field(default_factory=list)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    release: ReleaseConfig = field(default_factory=ReleaseConfig)
+    # torch.use_deterministic_algorithms(True) for every stage that runs torch.
+    deterministic: bool = False
 
 
 def register() -> None:
@@ -168,3 +189,4 @@ def register() -> None:
     cs.store(group="input", name="schema", node=InputConfig)
     cs.store(group="device", name="schema", node=DeviceConfig)
     cs.store(group="optimization", name="schema", node=OptimizationConfig)
+    cs.store(group="cache", name="schema", node=CacheConfig)

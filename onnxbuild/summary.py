@@ -26,7 +26,8 @@ def format_summary(report: dict[str, Any]) -> str:
         if stage.get("error"):
             details.append(stage["error"])
         seconds = f"{stage['seconds']:.2f}" if "seconds" in stage else "-"
-        lines.append(f"  {stage['name']:<12} {stage['status']:<8} {seconds:>8}  {' '.join(details)}")
+        status = "cached" if (stage.get("cache") or {}).get("hit") else stage["status"]
+        lines.append(f"  {stage['name']:<12} {status:<8} {seconds:>8}  {' '.join(details)}")
     validation = report.get("validation")
     if validation:
         lines.append(
@@ -51,7 +52,12 @@ def format_summary(report: dict[str, Any]) -> str:
         lines.append(f"  constant input '{name}' = {value!r} baked into the graph")
     for warning in report.get("warnings", []):
         lines.append(f"  warning: {warning}")
+    cache = report.get("cache") or {}
+    if cache.get("enabled"):
+        lines.append(f"  cache:   {len(cache.get('hits', []))} stage(s) reused, {len(cache.get('computed', []))} computed")
     lines.append(f"  run dir: {report['run_dir']}")
     if report.get("model"):
         lines.append(f"  model:   {report['model']}")
+    if report.get("release_bundle"):
+        lines.append(f"  release: {report['release_bundle']}")
     return "\n".join(lines)

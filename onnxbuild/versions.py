@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 import sys
 from importlib import metadata
@@ -24,7 +25,9 @@ TRACKED_PACKAGES = (
 )
 
 
+@functools.cache
 def package_version(name: str) -> str | None:
+    """Installed version from package metadata (cached: metadata lookups scan sys.path)."""
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:

@@ -36,3 +36,16 @@ def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeo
     full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
     return subprocess.run([sys.executable, "-m", "onnxbuild", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _session_stage_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Builds in tests (in-process and CLI subprocesses) share a stage cache in a temp dir,
+    never the checkout's outputs/.cache."""
+    previous = os.environ.get("ONNXBUILD_CACHE_DIR")
+    os.environ["ONNXBUILD_CACHE_DIR"] = str(tmp_path_factory.mktemp("stage-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("ONNXBUILD_CACHE_DIR", None)
+    else:
+        os.environ["ONNXBUILD_CACHE_DIR"] = previous

@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 from onnxbuild.artifacts import file_sha256
 from onnxbuild.context import Artifact, BuildContext
 from onnxbuild.errors import ConfigError, StageError
+from onnxbuild.export_utils import save_exported_program
 from onnxbuild.inputs import export_dynamic_shapes, export_sizes, make_inputs, split_call
 
 NAME = "capture"
@@ -122,7 +123,7 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact | None = None
     params = list(inspect.signature(model.forward).parameters)
     placeholder_to_input = {params[i]: name for i, name in enumerate(positional) if i < len(params)}
     path = ctx.stage_dir / "capture.pt2"
-    torch.export.save(exported, str(path))
+    save_exported_program(exported, path)
     constants = {s.name: s.value for s in ctx.specs if s.constant}
     return Artifact(
         path=path,

@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from onnxbuild.artifacts import file_sha256
 from onnxbuild.context import Artifact, BuildContext
+from onnxbuild.export_utils import save_exported_program
 
 if TYPE_CHECKING:
     import torch
@@ -131,7 +132,7 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact) -> Artifact:
     ep.graph.lint()
     ep.graph_module.recompile()
     path = ctx.stage_dir / "fx_optimize.pt2"
-    torch.export.save(ep, str(path))
+    save_exported_program(ep, path)
     return Artifact(
         path=path,
         digest=file_sha256(path),

@@ -1,0 +1,87 @@
+"""Release builds (`+release=default`): strict settings checked up front, and a release bundle.
+
+The bundle `release/<model>-opset<N>-<shorthash>/` holds model.onnx (+ external data), manifest.json,
+validation.json, the resolved config (config.yaml) and a SHA256SUMS over all of them. <shorthash> is
+the start of the manifest's sha256, so a bundle's name pins its config, tool versions and outputs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from onnxbuild.artifacts import canonical_json, file_sha256, text_sha256
+from onnxbuild.errors import ConfigError
+
+HINT = "release builds are strict; drop the override or build without +release=default"
+
+
+def check_release(cfg: DictConfig) -> None:
+    """Refuse release settings that would make the release weaker than the preset promises."""
+    rules: list[tuple[bool, str, str]] = [
+        (not cfg.cache.enabled, "cache.enabled", "a release is built from scratch: the cache must be off"),
+        (bool(cfg.deterministic), "deterministic", "a release runs torch with deterministic algorithms"),
+        (
+            str(cfg.capture.strategy) != "auto",
+            "capture.strategy",
+            "a release captures with one named strategy (non_strict), never a silent fallback",
+        ),
+        (bool(cfg.validation.enabled), "validation.enabled", "a release is always validated"),
+        (
+            bool(cfg.validation.include_example_shape) and bool(cfg.validation.include_odd_shape),
+            "validation.include_example_shape",
+            "a release is validated at every input set (min, max, example, odd)",
+        ),
+        (
+            {"normal", "zeros", "large"} <= set(cfg.validation.get("profiles", [])),
+            "validation.profiles",
+            "a release is validated with every value profile (normal, zeros, large)",
+        ),
+        (bool(cfg.validation.get("require_informative")), "validation.require_informative",
+         "a release cannot rest on a degenerate (constant) reference"),
+        (str(cfg.validation.get("random_ops")) == "fail", "validation.random_ops",
+         "a release graph must be deterministic"),
+    ]
+    for ok, key, message in rules:
+        if not ok:
+            raise ConfigError(message, key=key, hint=HINT)
+
+
+def bundle_name(cfg: DictConfig, manifest: dict[str, Any]) -> str:
+    short = text_sha256(canonical_json(manifest))[:12]
+    return f"{cfg.model.name}-opset{int(cfg.opset)}-{short}"
+
+
+def write_bundle(cfg: DictConfig, run_dir: Path, manifest: dict[str, Any]) -> Path:
+    """Assemble the bundle in a temporary directory and rename it into place."""
+    from onnxbuild.pipeline import defining_config
+
+    root = Path(str(cfg.release.root))
+    final = root / bundle_name(cfg, manifest)
+    tmp = root / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp.mkdir(parents=True)
+    try:
+        names = [a["path"] for a in manifest["artifacts"]]
+        for name in names:
+            shutil.copyfile(run_dir / name, tmp / name)
+        (tmp / "manifest.json").write_text(canonical_json(manifest), encoding="utf-8")
+        shutil.copyfile(run_dir / "validation.json", tmp / "validation.json")
+        config_text = OmegaConf.to_yaml(OmegaConf.create(defining_config(cfg)), sort_keys=True)
+        (tmp / "config.yaml").write_text(config_text, encoding="utf-8")
+        files = sorted([*names, "manifest.json", "validation.json", "config.yaml"])
+        sums = "".join(f"{file_sha256(tmp / f)}  {f}\n" for f in files)
+        (tmp / "SHA256SUMS").write_text(sums, encoding="utf-8")
+        for path in tmp.iterdir():
+            os.chmod(path, 0o644)
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final

@@ -1,0 +1,273 @@
+"""Stage cache: keys follow what a stage reads, entries are checked, hits skip work and torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from onnxbuild import versions
+from onnxbuild.cache import StageCache, compute_key
+from onnxbuild.context import Artifact
+from onnxbuild.pipeline import STAGES, run_build, stage_key
+from tests.conftest import REPO, TINY, compose_config, run_cli
+
+SPEC = {s.name: s for s in STAGES}
+UPSTREAM = Artifact(path=Path("x"), digest="0" * 64, info={"io": {"outputs": ["output"]}})
+
+
+def keys(*overrides: str) -> dict[str, str]:
+    cfg = compose_config([*TINY, *overrides])
+    return {
+        "capture": stage_key(SPEC["capture"], cfg, None),
+        "fx_optimize": stage_key(SPEC["fx_optimize"], cfg, UPSTREAM),
+        "convert": stage_key(SPEC["convert"], cfg, UPSTREAM),
+        "simplify": stage_key(SPEC["simplify"], cfg, UPSTREAM),
+        "validate": stage_key(SPEC["validate"], cfg, UPSTREAM),
+    }
+
+
+def test_cache_off_override() -> None:
+    assert compose_config([*TINY, "cache=off"]).cache.enabled is False
+    assert compose_config(TINY).cache.enabled is True
+
+
+def test_key_is_stable_and_ignores_cache_settings(tmp_path: Path) -> None:
+    assert keys() == keys()
+    assert keys() == keys("cache=off") == keys(f"cache.root={tmp_path}")
+
+
+def test_opset_changes_convert_key_but_not_capture_or_fx() -> None:
+    base, other = keys(), keys("opset=17")
+    assert other["convert"] != base["convert"]
+    assert other["capture"] == base["capture"] and other["fx_optimize"] == base["fx_optimize"]
+
+
+def test_upstream_digest_and_io_are_part_of_the_key() -> None:
+    cfg = compose_config(TINY)
+    changed = Artifact(path=Path("x"), digest="1" * 64, info=UPSTREAM.info)
+    renamed = Artifact(path=Path("x"), digest=UPSTREAM.digest, info={"io": {"outputs": ["logits"]}})
+    base = stage_key(SPEC["convert"], cfg, UPSTREAM)
+    assert stage_key(SPEC["convert"], cfg, changed) != base
+    assert stage_key(SPEC["convert"], cfg, renamed) != base
+
+
+def test_checkpoint_content_changes_the_key(tmp_path: Path) -> None:
+    ckpt = tmp_path / "w.safetensors"
+    ckpt.write_bytes(b"first")
+    first = keys(f"model.checkpoint={ckpt}")
+    moved = tmp_path / "elsewhere" / "w.safetensors"
+    moved.parent.mkdir()
+    moved.write_bytes(b"first")
+    assert keys(f"model.checkpoint={moved}")["capture"] == first["capture"]  # content, not path
+    ckpt.write_bytes(b"second")
+    os.utime(ckpt, ns=(1, 1))  # a new mtime as well, whatever the file system's resolution
+    second = keys(f"model.checkpoint={ckpt}")
+    assert second["capture"] != first["capture"] and second["validate"] != first["validate"]
+    assert second["convert"] == first["convert"]  # convert does not read the weights directly
+
+
+def test_simulated_tool_version_changes_the_keys_of_stages_using_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    base = keys()
+    real = versions.package_version
+
+    def bumped(name: str, pkg: str) -> str | None:
+        return "999.0" if name == pkg else real(name)
+
+    monkeypatch.setattr(versions, "package_version", lambda name: bumped(name, "onnxsim"))
+    after = keys()
+    assert after["simplify"] != base["simplify"]
+    assert after["capture"] == base["capture"] and after["convert"] == base["convert"]
+    monkeypatch.setattr(versions, "package_version", lambda name: bumped(name, "torch"))
+    after = keys()
+    assert after["capture"] != base["capture"] and after["convert"] != base["convert"]
+    assert after["validate"] != base["validate"] and after["simplify"] == base["simplify"]
+
+
+def test_store_lookup_and_corrupt_entry_is_discarded(tmp_path: Path) -> None:
+    cache = StageCache(tmp_path / "cache")
+    src = tmp_path / "run" / "stages" / "a.onnx"
+    src.parent.mkdir(parents=True)
+    src.write_bytes(b"payload" * 100)
+    key = compute_key({"stage": "t"})
+    with cache.lock(key):
+        cache.store(key, "t", {"stages/a.onnx": src}, {"io": {"outputs": ["y"]}}, "stages/a.onnx")
+    entry = cache.lookup(key)
+    assert entry is not None and entry.info == {"io": {"outputs": ["y"]}}
+    restored = entry.restore(tmp_path / "run2")
+    assert restored["stages/a.onnx"].read_bytes() == b"payload" * 100
+    # One byte changed in place (same size): the stamp differs, the digest check catches it.
+    cached = entry.file("stages/a.onnx")
+    os.chmod(cached, 0o644)
+    with open(cached, "r+b") as handle:
+        handle.write(b"X")
+    assert cache.lookup(key) is None
+    assert not cache.entry_dir(key).exists()
+
+
+def test_half_written_entry_is_never_visible(tmp_path: Path) -> None:
+    cache = StageCache(tmp_path / "cache")
+    key = compute_key({"stage": "t2"})
+    leftover = cache.root / "tmp" / f"{key}.123.deadbeef" / "files"
+    leftover.mkdir(parents=True)  # a crashed writer's temp dir
+    assert cache.lookup(key) is None
+    broken = cache.entry_dir(key)
+    broken.mkdir(parents=True)  # an entry dir without meta.json
+    assert cache.lookup(key) is None and not broken.exists()
+
+
+def test_rebuild_hits_every_stage_and_gives_identical_outputs(tmp_path: Path) -> None:
+    cfg = compose_config([*TINY, f"cache.root={tmp_path / 'cache'}"])
+    first = run_build(cfg, tmp_path / "a")
+    assert first.report["cache"]["hits"] == []
+    second = run_build(cfg, tmp_path / "b")
+    assert second.report["cache"]["hits"] == ["capture", "fx_optimize", "convert", "simplify", "validate"]
+    assert second.report["cache"]["computed"] == []
+    assert (tmp_path / "a" / "manifest.json").read_bytes() == (tmp_path / "b" / "manifest.json").read_bytes()
+    assert (tmp_path / "b" / "validation.json").is_file()
+    assert second.report["validation"] == first.report["validation"]
+    for name in ("capture.pt2", "fx_optimize.pt2", "convert.onnx", "simplify.onnx"):
+        assert (tmp_path / "b" / "stages" / name).read_bytes() == (
+            tmp_path / "a" / "stages" / name
+        ).read_bytes()
+
+    # Corrupt the cached simplify output (one byte, in place): detected, discarded, rebuilt.
+    simplify_key = next(s["cache"]["key"] for s in second.stages if s["name"] == "simplify")
+    cached = StageCache(tmp_path / "cache").entry_dir(simplify_key) / "files" / "stages" / "simplify.onnx"
+    os.chmod(cached, 0o644)
+    data = bytearray(cached.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    with open(cached, "r+b") as handle:
+        handle.write(bytes(data))
+    third = run_build(cfg, tmp_path / "c")
+    assert third.report["cache"]["computed"] == ["simplify"]
+    assert third.manifest == first.manifest
+
+
+def test_corruption_that_keeps_mtime_is_caught_when_published(tmp_path: Path) -> None:
+    cfg = compose_config([*TINY, f"cache.root={tmp_path / 'cache'}", "validation.enabled=false"])
+    first = run_build(cfg, tmp_path / "a")
+    simplify_key = next(s["cache"]["key"] for s in first.stages if s["name"] == "simplify")
+    cached = StageCache(tmp_path / "cache").entry_dir(simplify_key) / "files" / "stages" / "simplify.onnx"
+    stat = cached.stat()
+    os.chmod(cached, 0o644)
+    data = bytearray(cached.read_bytes())
+    data[-1] ^= 0x01
+    with open(cached, "r+b") as handle:
+        handle.write(bytes(data))
+    os.utime(cached, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # bit rot: same size, same mtime
+    second = run_build(cfg, tmp_path / "b")
+    assert second.manifest["artifacts"] == first.manifest["artifacts"]
+    assert "simplify" in second.report["cache"]["computed"]
+
+
+NOOP_PROBE = """
+import json, runpy, sys, time
+start = time.perf_counter()
+sys.argv = ["onnxbuild", *sys.argv[1:]]
+try:
+    runpy.run_module("onnxbuild", run_name="__main__", alter_sys=True)
+except SystemExit as exc:
+    if exc.code:
+        raise
+heavy = sorted({m.split(".")[0] for m in sys.modules} & {"torch", "torchvision", "onnxscript", "onnxsim",
+                                                          "onnxruntime", "onnx"})
+print("PROBE " + json.dumps({"heavy": heavy, "seconds": time.perf_counter() - start}))
+"""
+
+
+def test_noop_rebuild_imports_no_heavy_library(tmp_path: Path) -> None:
+    args = [*TINY, f"cache.root={tmp_path / 'cache'}"]
+    cold = run_cli([*args, f"hydra.run.dir={tmp_path / 'cold'}"], cwd=tmp_path)
+    assert cold.returncode == 0, cold.stderr[-3000:]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", NOOP_PROBE, *args, f"hydra.run.dir={tmp_path / 'noop'}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    probe = json.loads(proc.stdout.split("PROBE ")[-1])
+    assert probe["heavy"] == []
+    report = json.loads((tmp_path / "noop" / "report.json").read_text())
+    assert report["cache"]["computed"] == [] and len(report["cache"]["hits"]) == 5
+    assert (tmp_path / "noop" / "model.onnx").read_bytes() == (tmp_path / "cold" / "model.onnx").read_bytes()
+
+
+def test_two_concurrent_builds_capture_once(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("HYDRA_FULL_ERROR", None)
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "onnxbuild",
+                *TINY,
+                f"cache.root={tmp_path / 'cache'}",
+                f"hydra.run.dir={tmp_path / name}",
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("a", "b")
+    ]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for proc, (_out, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err[-3000:]
+    reports = [json.loads((tmp_path / n / "report.json").read_text()) for n in ("a", "b")]
+    hits = sorted(next(s["cache"]["hit"] for s in r["stages"] if s["name"] == "capture") for r in reports)
+    assert hits == [False, True]  # exactly one capture ran
+    for stage in ("fx_optimize", "convert", "simplify", "validate"):
+        assert sum(stage in r["cache"]["computed"] for r in reports) == 1, stage
+    assert (tmp_path / "a" / "model.onnx").read_bytes() == (tmp_path / "b" / "model.onnx").read_bytes()
+    assert (tmp_path / "a" / "manifest.json").read_bytes() == (tmp_path / "b" / "manifest.json").read_bytes()
+
+
+def test_opset_sweep_captures_once(tmp_path: Path) -> None:
+    proc = run_cli(["-m", "opset=17,18", *TINY, f"cache.root={tmp_path / 'cache'}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reports = sorted((tmp_path / "outputs" / "multirun").glob("*/*/*/report.json"))
+    assert len(reports) == 2
+    caches = [json.loads(r.read_text())["cache"] for r in reports]
+    assert [c["hits"] for c in caches] == [[], ["capture", "fx_optimize"]]
+    assert caches[1]["computed"] == ["convert", "simplify", "validate"]
+
+
+def test_cache_cli_shows_size_and_prunes(tmp_path: Path) -> None:
+    cache = StageCache(tmp_path / "cache")
+    src = tmp_path / "f.bin"
+    src.write_bytes(b"z" * 2048)
+    for i in range(3):
+        key = compute_key({"i": i})
+        with cache.lock(key):
+            cache.store(key, "capture", {"stages/f.bin": src}, {}, "stages/f.bin")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    info = subprocess.run(
+        [sys.executable, "-m", "onnxbuild.cache", "--root", str(cache.root)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "3 entries" in info.stdout and "capture" in info.stdout
+    pruned = subprocess.run(
+        [sys.executable, "-m", "onnxbuild.cache", "--root", str(cache.root), "prune", "--max-size", "4K"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "removed 1 entries" in pruned.stdout and "2 entries" in pruned.stdout
+    assert len(cache.entries()) == 2
