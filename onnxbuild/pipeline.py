@@ -406,6 +406,8 @@ def _stage_loop(ctx: BuildContext, cache: StageCache | None, attempt: _Attempt) 
             ctx.facts["capture_strategy"] = artifact.info["strategy"]
             ctx.facts["constants"] = artifact.info["constants"]
             ctx.facts["io"] = artifact.info["io"]
+            if artifact.info.get("model_init"):
+                ctx.facts["model_init"] = artifact.info["model_init"]
         if spec.name == "validate":
             ctx.facts["validation"] = artifact.info["report"]
         # Later stages read the artifact from its file, exactly as they would after a cache hit,

@@ -135,6 +135,8 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact | None = None
             "example_sizes": sizes,
             "fx_nodes": sum(1 for n in exported.graph.nodes if n.op == "call_function"),
             "constants": constants,
+            # What the weight init did: a build fact that must survive a cache hit on this stage.
+            "model_init": ctx.facts.get("model_init"),
             "io": {"placeholder_to_input": placeholder_to_input, "outputs": names, "output_kinds": kinds},
         },
     )
