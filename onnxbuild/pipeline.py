@@ -51,7 +51,11 @@ STAGES: tuple[StageSpec, ...] = (
         lambda cfg: cfg.optimization.fx,
         lambda cfg: bool(cfg.optimization.fx.enabled),
     ),
-    StageSpec("convert", "onnxbuild.stages.convert", lambda cfg: OmegaConf.create({"opset": cfg.opset})),
+    StageSpec(
+        "convert",
+        "onnxbuild.stages.convert",
+        lambda cfg: OmegaConf.create({"opset": cfg.opset, "translations": cfg.get("translations")}),
+    ),
     StageSpec(
         "simplify",
         "onnxbuild.stages.simplify",
@@ -106,6 +110,10 @@ def preflight(cfg: DictConfig) -> list[InputSpec]:
         )
     resolve_target(str(cfg.model._target_), allowed_prefixes(cfg.model, list(cfg.allowed_target_prefixes)))
     check_checkpoint(cfg.model)
+    if cfg.get("translations") is not None and cfg.translations.table:
+        from onnxbuild.translations import translation_table
+
+        translation_table(cfg.translations)
     if device == "cuda":
         check_cuda(int(cfg.device.index))
     return specs

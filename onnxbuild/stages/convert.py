@@ -20,6 +20,7 @@ from onnxbuild.onnx_utils import (
     save_model,
 )
 from onnxbuild.stages.capture import first_line
+from onnxbuild.translations import describe, translation_table
 
 NAME = "convert"
 VERSION = 1
@@ -86,6 +87,7 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact) -> Artifact:
     input_names = [io["placeholder_to_input"].get(name, name) for name in user_inputs]
     requested = int(section.opset)
     export_opset = max(requested, EXPORTER_NATIVE_OPSET)
+    table = translation_table(section.get("translations"))
     try:
         program = torch.onnx.export(
             ep,
@@ -97,6 +99,7 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact) -> Artifact:
             optimize=False,
             verbose=False,
             external_data=True,
+            custom_translation_table=table or None,
         )
     except Exception as exc:
         raise StageError(
@@ -130,5 +133,11 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact) -> Artifact:
         path=path,
         digest=file_sha256(path),
         payload=model if len(files) == 1 else None,
-        info={"nodes": node_count(model), "op_counts": op_counts(model), "opset": opset, "input_dims": dims},
+        info={
+            "nodes": node_count(model),
+            "op_counts": op_counts(model),
+            "opset": opset,
+            "input_dims": dims,
+            "custom_translations": describe(table),
+        },
     )
