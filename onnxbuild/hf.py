@@ -36,6 +36,8 @@ def _transformers() -> Any:
     _offline()
     try:
         import transformers
+
+        transformers.utils.logging.disable_progress_bar()
     except ImportError as exc:
         raise ModelError(
             "transformers is not installed",

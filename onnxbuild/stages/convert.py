@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from omegaconf import DictConfig
@@ -19,12 +20,27 @@ from onnxbuild.onnx_utils import (
     rename_dim_params,
     save_model,
 )
-from onnxbuild.stages.capture import first_line
+from onnxbuild.stages.capture import ANSI, first_line
 from onnxbuild.translations import describe, translation_table
 
 NAME = "convert"
 VERSION = 1
 log = logging.getLogger("onnxbuild")
+
+
+SUMMARY_CAUSE = re.compile(r"<class '(?:[\w.]+\.)?(\w+)'>: (.+)")
+
+
+def exporter_reason(exc: BaseException) -> str:
+    """The root cause from torch.onnx's error report ("## Exception summary"), else the first line."""
+    text = ANSI.sub("", str(exc))
+    _, found, summary = text.partition("## Exception summary")
+    if found:
+        for line in summary.splitlines():
+            match = SUMMARY_CAUSE.match(line.strip())
+            if match:
+                return f"{match.group(1)}: {match.group(2)}"[:300]
+    return first_line(exc)
 
 
 def check_outputs_are_tensors(io: dict[str, Any]) -> None:
@@ -103,7 +119,7 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact) -> Artifact:
         )
     except Exception as exc:
         raise StageError(
-            f"torch.onnx.export failed at opset {section.opset}: {first_line(exc)}",
+            f"torch.onnx.export failed at opset {section.opset}: {exporter_reason(exc)}",
             stage=NAME,
             key="opset",
             hint="run with HYDRA_FULL_ERROR=1 for the exporter's report; an unsupported op needs a custom translation",
