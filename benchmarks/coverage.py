@@ -18,7 +18,9 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -68,10 +70,8 @@ class Row:
 
 
 def image_input(size: int) -> str:
-    return (
-        "input.inputs=[{name:input,dtype:float32,shape:[2,3,%d,%d],dynamic:{0:{name:batch,min:1,max:2}}}]"
-        % (size, size)
-    )
+    shape = f"[2,3,{size},{size}]"
+    return f"input.inputs=[{{name:input,dtype:float32,shape:{shape},dynamic:{{0:{{name:batch,min:1,max:2}}}}}}]"
 
 
 def torchvision_jobs() -> list[Job]:
@@ -268,6 +268,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO, help="where coverage.md/csv go")
     parser.add_argument("--runs", type=Path, default=REPO / "coverage_runs", help="run directories")
     parser.add_argument("--resume", action="store_true", help="keep rows already in coverage.csv")
+    parser.add_argument("--workers", type=int, default=1, help="models built at the same time")
+    parser.add_argument(
+        "--big-params", type=int, default=100_000_000, help="models above this many parameters run alone"
+    )
     args = parser.parse_args()
 
     jobs = torchvision_jobs() + hf_jobs()
@@ -282,17 +286,30 @@ def main() -> None:
     done = {r.model for r in rows}
     started = time.strftime("%Y-%m-%d %H:%M %Z")
     total = len(done | {j.model for j in jobs})
-    for index, job in enumerate(jobs, 1):
-        if job.model in done:
-            continue
+    order = {j.model: i for i, j in enumerate(jobs)}
+    todo = [j for j in jobs if j.model not in done]
+    lock = threading.Lock()
+
+    def run_one(job: Job) -> None:
         row = run_job(job, args.runs, args.timeout)
-        rows.append(row)
-        write_tables(rows, args.out, total, started)
-        print(
-            f"[{index}/{len(jobs)}] {job.model}: {row.status} {row.failed_stage} {row.reason[:100]} "
-            f"({row.total_s}s)",
-            flush=True,
-        )
+        with lock:
+            rows.append(row)
+            rows.sort(key=lambda r: order.get(r.model, len(order)))
+            write_tables(rows, args.out, total, started)
+            print(
+                f"[{len(rows)}/{total}] {job.model}: {row.status} {row.failed_stage} {row.reason[:100]} "
+                f"({row.total_s}s)",
+                flush=True,
+            )
+
+    # Models up to --big-params run --workers at a time; larger ones (GBs of weights) one at a time,
+    # so two giants never share the memory.
+    small = [j for j in todo if (j.params or 0) <= args.big_params]
+    big = [j for j in todo if (j.params or 0) > args.big_params]
+    with ThreadPoolExecutor(max_workers=max(1, args.workers)) as pool:
+        list(pool.map(run_one, small))
+    for job in big:
+        run_one(job)
 
 
 if __name__ == "__main__":

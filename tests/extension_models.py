@@ -6,6 +6,8 @@ translations.allowed_prefixes=[tests.]).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import onnxscript
 import torch
 from onnxscript import FLOAT
@@ -119,4 +121,22 @@ class MultiIONet(nn.Module):
         pooled = self.proj(image.mean(dim=(2, 3))) * scale
         embedded = self.embedding(tokens) * mask.unsqueeze(-1).to(torch.float32)
         summary = embedded.sum(dim=1)
-        return {"pooled": pooled, "tokens": embedded, "pair": (pooled + summary, summary.amax(dim=-1))}
+        return {"pooled": pooled, "embedded": embedded, "pair": (pooled + summary, summary.amax(dim=-1))}
+
+
+@dataclass
+class Detections:
+    """A plain dataclass output (not a registered pytree): capture registers it."""
+
+    scores: torch.Tensor
+    boxes: torch.Tensor
+
+
+class DataclassNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(8, 6)
+
+    def forward(self, x: torch.Tensor) -> Detections:
+        y = self.linear(x)
+        return Detections(scores=y[:, :2].softmax(-1), boxes=y[:, 2:])

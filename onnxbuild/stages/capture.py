@@ -93,6 +93,48 @@ def is_data_dependent(exc: BaseException) -> bool:
     return False
 
 
+def register_output_dataclasses(value: Any, depth: int = 0) -> None:
+    """Make plain @dataclass outputs pytree nodes, so torch.export flattens them to named tensors.
+
+    (HF ModelOutput and namedtuples are pytrees already; an unregistered dataclass would be one
+    opaque leaf that no ONNX graph can return.)
+    """
+    import dataclasses
+
+    from torch.utils._pytree import SUPPORTED_NODES
+
+    if depth > 20:
+        return
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        if type(value) not in SUPPORTED_NODES:
+            import torch
+
+            cls = type(value)
+            torch.export.register_dataclass(cls, serialized_type_name=f"{cls.__module__}.{cls.__qualname__}")
+        children = [getattr(value, f.name) for f in dataclasses.fields(value)]
+    elif isinstance(value, dict):
+        children = list(value.values())
+    elif isinstance(value, (list, tuple)):
+        children = list(value)
+    else:
+        return
+    for child in children:
+        register_output_dataclasses(child, depth + 1)
+
+
+def check_output_names(names: list[str], input_names: list[str]) -> None:
+    """ONNX names must be unique across inputs and outputs (SSA): say so before the exporter does."""
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    clashes = sorted(set(names) & set(input_names))
+    if duplicates or clashes:
+        what = f"duplicate output names {duplicates}" if duplicates else f"outputs named like inputs {clashes}"
+        raise ConfigError(
+            f"{what} (outputs: {names}; inputs: {input_names})",
+            key="input.output_names",
+            hint="give unique names with input.output_names=[...], one per flattened output",
+        )
+
+
 def _hint_for(excs: list[BaseException]) -> str:
     """The most useful hint across every strategy's failure (data-dependent control flow first)."""
     if any(is_data_dependent(exc) for exc in excs):
@@ -134,7 +176,9 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact | None = None
             key="input.inputs",
             hint="make input shapes/dtypes match what the model's forward expects",
         ) from exc
+    register_output_dataclasses(outputs)
     names, kinds = output_names(outputs, list(ctx.cfg.input.output_names or []))
+    check_output_names(names, [s.name for s in ctx.specs if not s.constant])
     dynamic_shapes = export_dynamic_shapes(model, ctx.specs, args, kwargs)
 
     errors: list[str] = []

@@ -11,7 +11,6 @@ from omegaconf import DictConfig
 from onnxbuild.artifacts import file_sha256
 from onnxbuild.context import Artifact, BuildContext
 from onnxbuild.errors import StageError
-from onnxbuild.opset import EXPORTER_NATIVE_OPSET, convert_opset, default_opset
 from onnxbuild.onnx_utils import (
     canonicalize,
     input_dims,
@@ -20,6 +19,7 @@ from onnxbuild.onnx_utils import (
     rename_dim_params,
     save_model,
 )
+from onnxbuild.opset import EXPORTER_NATIVE_OPSET, convert_opset, default_opset
 from onnxbuild.stages.capture import ANSI, first_line
 from onnxbuild.translations import describe, translation_table
 
