@@ -100,10 +100,11 @@ def torchvision_jobs() -> list[Job]:
     return sorted(jobs + seg, key=lambda j: (j.params is None, j.params or 0, j.model))
 
 
+DYNAMIC_TEXT = "dynamic:{0:{name:batch,min:1,max:2},1:{name:sequence,min:1,max:32}}"
 TEXT_SMALL = [
     "input=text_seq",
-    "input.inputs.0.dynamic.0.max=2",
-    "input.inputs.0.dynamic.1.max=32",
+    "input.inputs=[{name:input_ids,dtype:int64,shape:[2,16],low:0,high:1000,keyword:true," + DYNAMIC_TEXT + "},"
+    "{name:attention_mask,dtype:int64,shape:[2,16],pattern:padding_mask,keyword:true," + DYNAMIC_TEXT + "}]",
 ]
 
 

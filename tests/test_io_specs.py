@@ -88,7 +88,7 @@ def test_text_seq_preset_generates_ids_in_range_and_a_padding_mask() -> None:
     assert [s.name for s in specs] == ["input_ids", "attention_mask"] and all(s.keyword for s in specs)
     values = make_inputs(specs, {"batch": 4, "sequence": 12}, seed=0)
     ids, mask = values["input_ids"], values["attention_mask"]
-    assert ids.shape == (4, 12) and ids.dtype == torch.int64 and 0 <= ids.min() and ids.max() < 1000
+    assert ids.shape == (4, 12) and ids.dtype == torch.int64 and ids.min() >= 0 and ids.max() < 1000
     assert mask[0].all() and (mask[:, 1:] <= mask[:, :-1]).all()
 
 
