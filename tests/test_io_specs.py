@@ -124,3 +124,12 @@ def test_torchvision_segmentation_model_builds_offline_with_dict_output() -> Non
     with torch.no_grad():
         out = model(torch.randn(1, 3, 64, 64))
     assert list(out) == ["out"] and out["out"].shape == (1, 21, 64, 64)
+
+
+def test_image_dynamic_hw_builds_with_named_spatial_dims(tmp_path: Path) -> None:
+    result = run_build(compose_config(["model=tiny_cnn", "input=image_dynamic_hw"]), tmp_path / "run")
+    graph = onnx.load(str(result.model_path)).graph
+    assert [d.dim_param or d.dim_value for d in graph.input[0].type.tensor_type.shape.dim] == [
+        "batch", 3, "height", "width"]
+    shapes = [s["input_shapes"]["input"] for s in result.report["validation"]["input_sets"]]
+    assert [1, 3, 32, 32] in shapes and [8, 3, 256, 256] in shapes
