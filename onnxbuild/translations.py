@@ -10,7 +10,7 @@ import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from onnxbuild.errors import ConfigError
+from onnxbuild.errors import ConfigError, ModelError
 
 if TYPE_CHECKING:
     import torch
@@ -67,6 +67,12 @@ def resolve_function(path: str, prefixes: list[str], key: str) -> Callable[..., 
             key=key,
             hint="check the spelling and that the package is installed",
         ) from exc
+    from onnxbuild.models import check_origin
+
+    try:
+        check_origin(function, path, prefixes, key)
+    except ModelError as exc:
+        raise ConfigError(exc.message, key=key, hint=exc.hint) from exc
     if not callable(function):
         raise ConfigError(
             f"'{path}' is a {type(function).__name__}, not an onnxscript function",

@@ -138,3 +138,17 @@ def test_cli_prints_the_cond_hint_and_exits_nonzero(tmp_path: Path) -> None:
     [line] = [ln for ln in proc.stderr.splitlines() if ln.startswith("onnxbuild: error:")]
     assert "[capture]" in line and "torch.cond" in line
     assert not (tmp_path / "run" / "model.onnx").exists()
+
+
+def test_names_imported_into_an_allowed_module_are_refused(tmp_path: Path) -> None:
+    # tests.extension_models does `from dataclasses import dataclass`: allowed prefix, foreign origin.
+    with pytest.raises(ConfigError) as info:
+        build(tmp_path, "ReluNet", translate("aten::relu", "dataclass"))
+    assert "defined outside the allowlist" in info.value.message
+    from onnxbuild.errors import ModelError
+    from onnxbuild.models import resolve_target
+
+    with pytest.raises(ModelError, match="defined outside the allowlist"):
+        resolve_target("tests.extension_models.dataclass", ["tests."])
+    with pytest.raises(ModelError, match="is a module"):
+        resolve_target("onnxbuild.zoo.torch", ["onnxbuild."])
