@@ -12,7 +12,7 @@ from onnxbuild.artifacts import write_json_atomic
 from onnxbuild.compare import compare_output
 from onnxbuild.context import Artifact, BuildContext
 from onnxbuild.errors import StageError, ValidationFailed
-from onnxbuild.input_sets import extra_validation_sets
+from onnxbuild.input_sets import ValueSet, extra_validation_sets
 from onnxbuild.inputs import make_inputs, split_call, to_numpy_feed, validation_shape_sets
 from onnxbuild.stages.capture import first_line
 
@@ -65,7 +65,10 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact) -> Artifact:
     # Named sets (both sides of a torch.cond...) and tokenized sentences come fixed from input_sets.
     extra = extra_validation_sets(ctx.cfg, ctx.specs, seed=base_seed + len(sets))
     for index, shape_set in enumerate([*sets, *extra]):
-        values = getattr(shape_set, "values", None) or make_inputs(ctx.specs, shape_set.sizes, seed=base_seed + index)
+        if isinstance(shape_set, ValueSet):
+            values = shape_set.values
+        else:
+            values = make_inputs(ctx.specs, shape_set.sizes, seed=base_seed + index)
         feed = to_numpy_feed(ctx.specs, values)
         device_values = {
             k: v.to(ctx.torch_device) if isinstance(v, torch.Tensor) else v for k, v in values.items()
