@@ -83,6 +83,12 @@ def from_pretrained(path: str | None = None, auto_class: str = "AutoModel", **kw
         raise ModelError(
             "no model directory given", key="model.kwargs.path", hint="set model.kwargs.path=/path/to/model"
         )
+    if kwargs.pop("trust_remote_code", False):
+        raise ModelError(
+            "trust_remote_code would run Python code shipped in the model directory",
+            key="model.kwargs.trust_remote_code",
+            hint="only transformers' built-in architectures can be loaded; write a factory for custom code",
+        )
     directory = Path(str(path)).expanduser()
     if not (directory / "config.json").is_file():
         raise ModelError(

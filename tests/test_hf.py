@@ -64,6 +64,13 @@ def test_hf_without_a_model_directory_is_a_model_error(path: str) -> None:
     assert info.value.key == "model.kwargs.path"
 
 
+def test_remote_code_is_refused(tmp_path: Path) -> None:
+    cfg = compose_config(["model=hf", f"model.kwargs.path={tmp_path}", "+model.kwargs.trust_remote_code=true"])
+    with pytest.raises(ModelError) as info:
+        build_model(cfg.model, seed=0)
+    assert info.value.key == "model.kwargs.trust_remote_code"
+
+
 @needs_minilm
 def test_minilm_sentences_are_tokenized_into_padded_batches() -> None:
     cfg = compose_config(["model=minilm", "input=text_seq"])
