@@ -127,3 +127,19 @@ def sentence_sets(specs: list[InputSpec], cfg: DictConfig) -> list[ValueSet]:
 
 def extra_validation_sets(cfg: DictConfig, specs: list[InputSpec], seed: int) -> list[ValueSet]:
     return [*named_sets(specs, cfg.input, seed), *sentence_sets(specs, cfg)]
+
+
+def branch_coverage_warning(model_path: Any, input_cfg: DictConfig) -> str | None:
+    """A graph with If/Loop validated without named sets has likely run only one branch."""
+    import onnx
+
+    if input_cfg.get("named_sets"):
+        return None
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    control = sorted({n.op_type for n in graph.node if n.op_type in ("If", "Loop", "Scan")})
+    if not control:
+        return None
+    return (
+        f"the graph has control flow ({', '.join(control)}) but input.named_sets is empty: random inputs may "
+        "exercise one branch only; add named sets that drive each branch"
+    )

@@ -95,6 +95,7 @@ def test_torch_cond_exports_if_and_validates_both_branches(tmp_path: Path) -> No
         "+input.named_sets={positive:{x:{low:0.1,high:1.0}},negative:{x:{low:-1.0,high:-0.1}}}",
     )
     assert ("", "If") in ops(result.model_path)
+    assert not any("control flow" in w for w in result.report["warnings"])
     sets = {s["label"]: s for s in result.report["validation"]["input_sets"]}
     assert sets["set:positive"]["passed"] and sets["set:negative"]["passed"]
     # Both branches really differ: the same ONNX graph follows eager on a positive and a negative input.
@@ -105,6 +106,11 @@ def test_torch_cond_exports_if_and_validates_both_branches(tmp_path: Path) -> No
     for sign in (1.0, -1.0):
         x = sign * (torch.rand(2, 8) + 0.1)
         np.testing.assert_allclose(ort_run(result.model_path, x.numpy()), model(x).detach().numpy(), atol=1e-5)
+
+
+def test_cond_without_named_sets_warns_that_one_branch_may_be_untested(tmp_path: Path) -> None:
+    result = build(tmp_path, "CondNet")
+    assert any("control flow (If)" in w for w in result.report["warnings"])
 
 
 def test_named_set_with_unknown_input_is_a_config_error(tmp_path: Path) -> None:

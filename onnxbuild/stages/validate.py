@@ -12,7 +12,7 @@ from onnxbuild.artifacts import write_json_atomic
 from onnxbuild.compare import compare_output
 from onnxbuild.context import Artifact, BuildContext
 from onnxbuild.errors import StageError, ValidationFailed
-from onnxbuild.input_sets import ValueSet, extra_validation_sets
+from onnxbuild.input_sets import ValueSet, branch_coverage_warning, extra_validation_sets
 from onnxbuild.inputs import make_inputs, split_call, to_numpy_feed, validation_shape_sets
 from onnxbuild.stages.capture import first_line
 
@@ -64,6 +64,9 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact) -> Artifact:
     base_seed = int(ctx.cfg.seed) + 1
     # Named sets (both sides of a torch.cond...) and tokenized sentences come fixed from input_sets.
     extra = extra_validation_sets(ctx.cfg, ctx.specs, seed=base_seed + len(sets))
+    branch_warning = branch_coverage_warning(upstream.path, ctx.cfg.input)
+    if branch_warning:
+        ctx.warn(branch_warning)
     for index, shape_set in enumerate([*sets, *extra]):
         if isinstance(shape_set, ValueSet):
             values = shape_set.values
