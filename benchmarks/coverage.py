@@ -237,6 +237,8 @@ def write_tables(rows: list[Row], out_dir: Path, total_jobs: int, started: str) 
         "",
         "Inputs: batch dynamic 1..2; classification models at 64x64 unless the architecture needs its "
         "natural size (ViT, MaxViT 224; Inception-v3 299); segmentation at 128x128; seeded weights. "
+        "One subprocess per model with a CPU-time limit (`timeout` = limit reached; on a shared machine "
+        "wall-clock `total_s` includes waiting for the CPU). "
         "`export_s` = capture + convert seconds; `nodes` = final graph; `max_abs_error` = worst "
         "onnxruntime vs eager difference over all validation sets; `degenerate` lists outputs that were "
         "constant for every input (weak comparison).",
