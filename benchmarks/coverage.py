@@ -28,6 +28,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+NOT_RUN = "not run"
+LIVE: set[subprocess.Popen] = set()  # running builds, killed when the coverage run is stopped
+STOP = threading.Event()
 SMALL_IMAGE = 64  # classification models that accept any size
 SEGMENTATION_IMAGE = 128
 COLUMNS = [
@@ -178,13 +181,20 @@ def run_job(job: Job, runs_root: Path, timeout: int, wall_factor: int = 6) -> Ro
 
         resource.setrlimit(resource.RLIMIT_CPU, (timeout, timeout + 30))
 
+    popen = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=limit_cpu
+    )
+    LIVE.add(popen)
+    proc: subprocess.CompletedProcess | None
     try:
-        proc = subprocess.run(
-            cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout * wall_factor,
-            preexec_fn=limit_cpu,
-        )
+        out, err = popen.communicate(timeout=timeout * wall_factor)
+        proc = subprocess.CompletedProcess(cmd, popen.returncode, out, err)
     except subprocess.TimeoutExpired:
+        popen.kill()
+        popen.communicate()
         proc = None
+    finally:
+        LIVE.discard(popen)
     seconds = time.perf_counter() - start
     if proc is not None and proc.returncode == -signal.SIGXCPU:
         proc = None  # CPU limit reached
@@ -222,7 +232,8 @@ def write_tables(rows: list[Row], out_dir: Path, total_jobs: int, started: str) 
     for row in rows:
         counts[row.status] = counts.get(row.status, 0) + 1
     summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-    partial = "" if len(rows) >= total_jobs else f" **Partial: {len(rows)} of {total_jobs} models done.**"
+    done = sum(1 for r in rows if r.status != NOT_RUN)
+    partial = "" if done >= total_jobs else f" **Partial: {done} of {total_jobs} models done.**"
     import platform
 
     import torch
@@ -278,6 +289,10 @@ def read_rows(path: Path) -> list[Row]:
     return rows
 
 
+def _stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default="", help="comma-separated model names")
@@ -300,10 +315,11 @@ def main() -> None:
         jobs = [j for j in jobs if j.model in wanted]
     if args.skip:
         jobs = [j for j in jobs if j.model not in set(args.skip.split(","))]
+    signal.signal(signal.SIGTERM, _stop)
     args.runs.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     # --resume keeps finished rows; timeouts are tried again.
-    rows = [r for r in read_rows(args.out / "coverage.csv") if r.status != "timeout"] if args.resume else []
+    rows = [r for r in read_rows(args.out / "coverage.csv") if r.status not in ("timeout", NOT_RUN)] if args.resume else []
     done = {r.model for r in rows}
     started = time.strftime("%Y-%m-%d %H:%M %Z")
     total = len(done | {j.model for j in jobs})
@@ -312,8 +328,12 @@ def main() -> None:
     lock = threading.Lock()
 
     def run_one(job: Job) -> None:
+        if STOP.is_set():
+            return
         row = run_job(job, args.runs, args.timeout)
         with lock:
+            if STOP.is_set():
+                return  # killed by the stop, not by its own fault
             rows.append(row)
             rows.sort(key=lambda r: order.get(r.model, len(order)))
             write_tables(rows, args.out, total, started)
@@ -327,10 +347,28 @@ def main() -> None:
     # so two giants never share the memory.
     small = [j for j in todo if (j.params or 0) <= args.big_params]
     big = [j for j in todo if (j.params or 0) > args.big_params]
-    with ThreadPoolExecutor(max_workers=max(1, args.workers)) as pool:
+    pool = ThreadPoolExecutor(max_workers=max(1, args.workers))
+    try:
         list(pool.map(run_one, small))
-    for job in big:
-        run_one(job)
+        pool.shutdown()
+        for job in big:
+            run_one(job)
+    except KeyboardInterrupt:
+        # Stopped (Ctrl-C, or SIGTERM): kill the running builds; every model still gets a row.
+        STOP.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        for popen in list(LIVE):
+            popen.kill()
+        with lock:
+            finished = {r.model for r in rows}
+            rows.extend(
+                Row(j.model, j.family, NOT_RUN, reason="the coverage run was stopped before this model",
+                    input=j.input_text)
+                for j in jobs if j.model not in finished
+            )
+            rows.sort(key=lambda r: order.get(r.model, len(order)))
+            write_tables(rows, args.out, total, started)
+        sys.exit(f"coverage run stopped; partial table in {args.out / 'coverage.md'}")
 
 
 if __name__ == "__main__":
