@@ -1,22 +1,33 @@
-"""Command line: `python -m onnxbuild [overrides]` (Hydra). BuildError -> one line and exit code."""
+"""Command line: `python -m onnxbuild [overrides]` (Hydra). BuildError -> one line and exit code.
+
+In a multirun every job is isolated: whatever it raises is recorded in its own status.json (and
+the traceback in its log), the sweep goes on, and the process exits non-zero at the end if any
+job failed (read back from disk by the SweepSummary callback, so it holds for every launcher).
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import sys
+import traceback
+import warnings
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from onnxbuild import callbacks, gpus
 from onnxbuild.errors import BuildError
+from onnxbuild.jobstatus import JobStatus, one_line
 from onnxbuild.logutil import FILE_ONLY
 from onnxbuild.schema import register
 
 log = logging.getLogger("onnxbuild")
+
+BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 
 
 def config_dir() -> str:
@@ -29,26 +40,74 @@ def config_dir() -> str:
 
 
 register()
+# Resolvers used by conf/hydra/launcher presets (registered wherever this module is imported,
+# which includes every launcher worker: they unpickle the task function from here).
+OmegaConf.register_new_resolver("onnxbuild_gpus_per_task", gpus.gpus_per_task, replace=True)
+OmegaConf.register_new_resolver("onnxbuild_local_gpus", gpus.local_gpu_count, replace=True)
+# conf/hydra/launcher/submitit_*.yaml deliberately share the plugin's names so that
+# `hydra/launcher=submitit_slurm` picks our settings, typed by the plugin's schema.
+warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigStore schema with the same name")
+
+
+def _pin_gpu(
+    cfg: DictConfig, job_num: int, launcher_target: str, sweep_dir: Path | None = None
+) -> str | None:
+    """device=cuda in a parallel launcher's worker: this job sees exactly one GPU."""
+    if str(cfg.device.name) != "cuda" or launcher_target == BASIC_LAUNCHER:
+        return None
+    gpu = gpus.pin_gpu(job_num, lock_dir=None if sweep_dir is None else sweep_dir / ".gpu_locks")
+    if gpu is not None:
+        with open_dict(cfg):
+            cfg.device.index = 0  # the only GPU this process can see
+    return gpu
 
 
 def _task(cfg: DictConfig) -> None:
-    from onnxbuild.pipeline import run_build
-    from onnxbuild.summary import format_summary
-
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    job_num = int(hydra_cfg.job.num) if multirun else 0
+    status = JobStatus(run_dir, job=job_num if multirun else None, overrides=list(hydra_cfg.overrides.task))
+    where = f"job {job_num} ({' '.join(hydra_cfg.overrides.task)}): " if multirun else ""
     try:
+        launcher = str(hydra_cfg.launcher.get("_target_", ""))
+        gpu = _pin_gpu(cfg, job_num, launcher, Path(str(hydra_cfg.sweep.dir))) if multirun else None
+        status.start(gpu=gpu)
+        from onnxbuild.pipeline import run_build
+        from onnxbuild.summary import format_summary
+
         result = run_build(cfg, run_dir)
     except BuildError as exc:
+        status.failed(stage=exc.stage or "preflight", reason=_reason(exc), exit_code=exc.exit_code)
         log.error("build failed: %s", exc.one_line(), extra=FILE_ONLY)
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+        if full_error and not multirun:
             raise
-        print(f"onnxbuild: error: {exc.one_line()}", file=sys.stderr, flush=True)
+        if full_error:  # in a sweep, the traceback goes to the job's log; the sweep goes on
+            log.error("%s", traceback.format_exc(), extra=FILE_ONLY)
+        print(f"onnxbuild: error: {where}{exc.one_line()}", file=sys.stderr, flush=True)
         if multirun:
             return
         sys.exit(exc.exit_code)
+    except Exception as exc:
+        # Not a BuildError: a bug or an environment fault. Keep the traceback in the job's log.
+        status.failed(stage="internal", reason=f"{type(exc).__name__}: {exc}", exit_code=1)
+        log.error("unexpected failure:\n%s", traceback.format_exc(), extra=FILE_ONLY)
+        if not multirun:
+            raise
+        message = one_line(f"{type(exc).__name__}: {exc}", limit=300)
+        print(f"onnxbuild: error: {where}[internal] {message} (traceback in {run_dir / 'onnxbuild.log'})",
+              file=sys.stderr, flush=True)  # fmt: skip
+        return
+    status.ok()
     log.info("%s", format_summary(result.report))
+
+
+def _reason(exc: BuildError) -> str:
+    """The one-line reason without the stage prefix (status.json has the stage in its own field)."""
+    key = f"{exc.key}: " if exc.key else ""
+    hint = f" (hint: {exc.hint})" if exc.hint else ""
+    return f"{key}{exc.message}{hint}"
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
@@ -57,4 +116,20 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    _hydra_main()
+    callbacks.reset()
+    try:
+        _hydra_main()
+    except SystemExit as exc:
+        # A launcher raised (a job's process died): the summary still shows what finished.
+        if exc.code not in (0, None) and callbacks.summarize_pending() is not None:
+            print("onnxbuild: the sweep was aborted; summary of the jobs so far above", file=sys.stderr)
+        raise
+    outcome = callbacks.last_outcome()
+    if outcome is not None and outcome.failed:
+        # Jobs on other processes or machines printed their errors there: repeat them here.
+        for row in outcome.failed:
+            print(f"onnxbuild: sweep job {row.job} failed [{row.stage}] {row.reason} ({row.run_dir})",
+                  file=sys.stderr)  # fmt: skip
+        print(f"onnxbuild: {len(outcome.failed)} of {len(outcome.rows)} sweep jobs failed; "
+              f"see {outcome.sweep_dir / 'summary.md'}", file=sys.stderr, flush=True)  # fmt: skip
+        sys.exit(1)

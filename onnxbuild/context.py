@@ -55,12 +55,16 @@ class BuildContext:
     def model(self) -> nn.Module:
         """The eager model on the build device, created once (seeded init or checkpoint)."""
         if self._model is None:
+            from onnxbuild.init import apply_init, resolve_init_mode
             from onnxbuild.models import build_model
 
             model = build_model(
                 self.cfg.model, seed=int(self.cfg.seed), extra_prefixes=list(self.cfg.allowed_target_prefixes)
             )
-            self._model = model.to(self.torch_device)
+            model = model.to(self.torch_device)
+            mode = resolve_init_mode(self.cfg.model)
+            self.facts["model_init"] = apply_init(model, mode, self.specs, int(self.cfg.seed), self.torch_device)
+            self._model = model
         return self._model
 
     def warn(self, message: str) -> None:

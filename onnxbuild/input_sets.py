@@ -7,25 +7,15 @@ values miss — the other branch of a torch.cond, real token sequences with padd
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from onnxbuild.errors import ConfigError
-from onnxbuild.inputs import InputSpec, export_sizes, make_inputs
+from onnxbuild.inputs import InputSet, InputSpec, export_sizes, make_inputs
 
 if TYPE_CHECKING:
     import torch
-
-
-@dataclass
-class ValueSet:
-    """A validation run whose values are fixed here (not generated from a shape set)."""
-
-    label: str
-    sizes: dict[str, int]
-    values: dict[str, Any]
 
 
 def padding_mask(shape: list[int], generator: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
@@ -49,12 +39,18 @@ def padding_mask(shape: list[int], generator: torch.Generator, dtype: torch.dtyp
     return mask.reshape(shape).to(dtype)
 
 
-def named_sets(specs: list[InputSpec], input_cfg: DictConfig, seed: int) -> list[ValueSet]:
+def fixed_set(label: str, profile: str, sizes: dict[str, int], values: dict[str, Any]) -> InputSet:
+    """An InputSet that replays these exact tensors (constants come from the spec)."""
+    arrays = {k: v.detach().cpu().numpy() for k, v in values.items() if hasattr(v, "detach")}
+    return InputSet(label, profile, dict(sizes), arrays=arrays)
+
+
+def named_sets(specs: list[InputSpec], input_cfg: DictConfig, seed: int) -> list[InputSet]:
     """input.named_sets: per-input value ranges, at the export example's shape."""
     node = input_cfg.get("named_sets")
     raw = OmegaConf.to_container(node, resolve=True) if node is not None else {}
     by_name = {s.name: s for s in specs}
-    sets: list[ValueSet] = []
+    sets: list[InputSet] = []
     sizes = export_sizes(specs)
     for index, (set_name, overrides) in enumerate(raw.items()):
         unknown = sorted(set(overrides or {}) - set(by_name))
@@ -75,11 +71,12 @@ def named_sets(specs: list[InputSpec], input_cfg: DictConfig, seed: int) -> list
                     hint="constants are baked into the graph; override tensor inputs only",
                 )
             changed.append(dataclasses.replace(spec, **fields))
-        sets.append(ValueSet(f"set:{set_name}", dict(sizes), make_inputs(changed, sizes, seed=seed + index)))
+        values = make_inputs(changed, sizes, seed=seed + index)
+        sets.append(fixed_set(f"set:{set_name}", "named", sizes, values))
     return sets
 
 
-def sentence_sets(specs: list[InputSpec], cfg: DictConfig) -> list[ValueSet]:
+def sentence_sets(specs: list[InputSpec], cfg: DictConfig) -> list[InputSet]:
     """input.sentences tokenized by model.tokenizer: the first sentence alone, then all as one batch."""
     import torch
 
@@ -120,12 +117,11 @@ def sentence_sets(specs: list[InputSpec], cfg: DictConfig) -> list[ValueSet]:
                 hint="use longer sentences or lower the sequence dim's min",
             )
         values = {s.name: torch.from_numpy(encoded[s.name]).to(getattr(torch, s.dtype)) for s in tensor_specs}
-        values.update({s.name: s.value for s in specs if s.constant})
-        sets.append(ValueSet(label, {batch_dim.name: batch, seq_dim.name: seq}, values))
+        sets.append(fixed_set(label, "sentences", {batch_dim.name: batch, seq_dim.name: seq}, values))
     return sets
 
 
-def extra_validation_sets(cfg: DictConfig, specs: list[InputSpec], seed: int) -> list[ValueSet]:
+def extra_validation_sets(cfg: DictConfig, specs: list[InputSpec], seed: int) -> list[InputSet]:
     return [*named_sets(specs, cfg.input, seed), *sentence_sets(specs, cfg)]
 
 

@@ -221,8 +221,23 @@ def torch_dtype(name: str) -> torch.dtype:
     return getattr(torch, name)
 
 
-def make_tensor(spec: InputSpec, shape: list[int], generator: torch.Generator) -> torch.Tensor:
-    """Seeded values that respect the dtype and the declared range."""
+PROFILES = ("normal", "zeros", "large")
+EDGE_PROFILES = ("zeros", "large")
+
+
+def make_tensor(
+    spec: InputSpec,
+    shape: list[int],
+    generator: torch.Generator,
+    profile: str = "normal",
+    large: float = 10.0,
+) -> torch.Tensor:
+    """Seeded values that respect the dtype and the declared range, for one value profile.
+
+    normal: random values (floats N(0,1) or uniform in [low, high); ints uniform in [low, high);
+    random bool masks). zeros: zeros (or `low` when 0 is outside the range), all-False, integer low.
+    large: large magnitudes (N(0,1) * large, or the range's ends), all-True, integer high - 1.
+    """
     import torch
 
     dtype = torch_dtype(spec.dtype)
@@ -231,19 +246,38 @@ def make_tensor(spec: InputSpec, shape: list[int], generator: torch.Generator) -
 
         return padding_mask(shape, generator, dtype)
     if spec.dtype == "bool":
+        if profile == "zeros":
+            return torch.zeros(shape, dtype=torch.bool)
+        if profile == "large":
+            return torch.ones(shape, dtype=torch.bool)
         return torch.rand(shape, generator=generator) > 0.5
     if spec.dtype in INT_DTYPES:
         low = int(spec.low) if spec.low is not None else 0
         high = int(spec.high) if spec.high is not None else 100
+        if profile == "zeros":
+            return torch.full(shape, low, dtype=dtype)
+        if profile == "large":
+            return torch.full(shape, max(low, high - 1), dtype=dtype)
         return torch.randint(low, high, shape, generator=generator, dtype=dtype)
-    if spec.low is not None or spec.high is not None:
-        low = float(spec.low if spec.low is not None else 0.0)
-        high = float(spec.high if spec.high is not None else 1.0)
+    bounded = spec.low is not None or spec.high is not None
+    low = float(spec.low if spec.low is not None else 0.0)
+    high = float(spec.high if spec.high is not None else 1.0)
+    if profile == "zeros":
+        value = 0.0 if not bounded or low <= 0.0 <= high else low
+        return torch.full(shape, value, dtype=dtype)
+    if profile == "large":
+        if bounded:
+            ends = torch.rand(shape, generator=generator) > 0.5
+            return torch.where(ends, torch.tensor(high), torch.tensor(low)).to(dtype)
+        return (torch.randn(shape, generator=generator) * large).to(dtype)
+    if bounded:
         return (torch.rand(shape, generator=generator) * (high - low) + low).to(dtype)
     return torch.randn(shape, generator=generator).to(dtype)
 
 
-def make_inputs(specs: list[InputSpec], sizes: dict[str, int], seed: int) -> dict[str, Any]:
+def make_inputs(
+    specs: list[InputSpec], sizes: dict[str, int], seed: int, profile: str = "normal", large: float = 10.0
+) -> dict[str, Any]:
     """Tensors for every tensor input (by spec name) plus the constant values, in spec order."""
     import torch
 
@@ -253,8 +287,142 @@ def make_inputs(specs: list[InputSpec], sizes: dict[str, int], seed: int) -> dic
         if spec.constant:
             values[spec.name] = spec.value
         else:
-            values[spec.name] = make_tensor(spec, concrete_shape(spec, sizes), generator)
+            values[spec.name] = make_tensor(spec, concrete_shape(spec, sizes), generator, profile, large)
     return values
+
+
+@dataclass
+class InputSet:
+    """One validation run: generated (profile at a shape, seeded) or a user sample used as-is."""
+
+    label: str
+    profile: str
+    sizes: dict[str, int]
+    seed: int | None = None
+    sample: str | None = None
+    arrays: dict[str, Any] | None = None
+
+    def values(self, specs: list[InputSpec], large: float = 10.0) -> dict[str, Any]:
+        if self.arrays is not None:
+            import torch
+
+            values: dict[str, Any] = {s.name: s.value for s in specs if s.constant}
+            values.update({k: torch.from_numpy(v.copy()) for k, v in self.arrays.items()})
+            return {s.name: values[s.name] for s in specs}
+        return make_inputs(specs, self.sizes, seed=int(self.seed or 0), profile=self.profile, large=large)
+
+
+def _numel(specs: list[InputSpec], sizes: dict[str, int]) -> int:
+    total = 0
+    for spec in specs:
+        if not spec.constant:
+            n = 1
+            for d in concrete_shape(spec, sizes):
+                n *= d
+            total += n
+    return total
+
+
+def validation_input_sets(
+    specs: list[InputSpec],
+    seed: int,
+    profiles: list[str],
+    include_example: bool = True,
+    include_odd: bool = True,
+    edge_at_every_shape: bool = False,
+    samples: str | None = None,
+) -> list[InputSet]:
+    """Shapes x value profiles, without a cartesian explosion, plus the user's samples.
+
+    `normal` runs at every shape set; the edge profiles (zeros, large) only at the smallest shape
+    (the cheapest run for big models) unless `edge_at_every_shape`. Each set has its own seed.
+    """
+    unknown = [p for p in profiles if p not in PROFILES]
+    if unknown:
+        raise ConfigError(
+            f"unknown value profile(s) {unknown}",
+            key="validation.profiles",
+            hint=f"choose from {list(PROFILES)}",
+        )
+    shapes = validation_shape_sets(specs, include_example, include_odd)
+    smallest = min(shapes, key=lambda s: _numel(specs, s.sizes))
+    sets: list[InputSet] = []
+    for shape_set in shapes:
+        for profile in profiles:
+            if profile != "normal" and not edge_at_every_shape and shape_set is not smallest:
+                continue
+            label = shape_set.label if profile == "normal" else f"{shape_set.label}/{profile}"
+            sets.append(InputSet(label, profile, dict(shape_set.sizes), seed=seed + len(sets)))
+    if samples:
+        sets.extend(load_samples(specs, samples))
+    if not sets:
+        raise ConfigError(
+            "validation has no input sets",
+            key="validation.profiles",
+            hint="keep `normal` or give validation.samples",
+        )
+    return sets
+
+
+def load_samples(specs: list[InputSpec], path_text: str) -> list[InputSet]:
+    """User samples from an .npz file (arrays keyed by input name) or a directory of .npz files."""
+    from pathlib import Path
+
+    import numpy as np
+
+    key = "validation.samples"
+    path = Path(path_text).expanduser()
+    if path.is_dir():
+        files = sorted(path.glob("*.npz"))
+        if not files:
+            raise ConfigError(
+                f"no .npz files in {path}", key=key, hint="give an .npz file or a folder of them"
+            )
+    elif path.is_file() and path.suffix == ".npz":
+        files = [path]
+    else:
+        raise ConfigError(
+            f"samples not found or not .npz: {path}", key=key, hint="give an .npz file or a folder of them"
+        )
+    tensor_specs = [s for s in specs if not s.constant]
+    sets: list[InputSet] = []
+    for file in files:
+        with np.load(file, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+        missing = [s.name for s in tensor_specs if s.name not in arrays]
+        extra = sorted(set(arrays) - {s.name for s in tensor_specs})
+        if missing or extra:
+            raise ConfigError(
+                f"sample {file.name} has arrays {sorted(arrays)}; missing {missing}, unknown {extra}",
+                key=key,
+                hint=f"one array per tensor input, named {[s.name for s in tensor_specs]}",
+            )
+        sizes: dict[str, int] = {}
+        for spec in tensor_specs:
+            array = arrays[spec.name]
+            if spec.dtype != "bfloat16" and str(array.dtype) != spec.dtype:
+                raise ConfigError(
+                    f"sample {file.name}: '{spec.name}' is {array.dtype}, the spec says {spec.dtype}",
+                    key=key,
+                    hint="save the array with the input's dtype (samples are used as-is)",
+                )
+            ok = array.ndim == len(spec.shape)
+            for i, size in enumerate(array.shape if ok else ()):
+                ddim = spec.dynamic.get(i)
+                if ddim is None:
+                    ok = ok and size == spec.shape[i]
+                else:
+                    ok = ok and ddim.min <= size <= ddim.max
+                    sizes[ddim.name] = size
+            if not ok:
+                raise ConfigError(
+                    f"sample {file.name}: '{spec.name}' has shape {list(array.shape)}, which the spec "
+                    f"{spec.shape} (dynamic {[(i, d.min, d.max) for i, d in spec.dynamic.items()]}) does not allow",
+                    key=key,
+                    hint="static dims must match the spec; dynamic dims must lie in their range",
+                )
+        sets.append(InputSet(f"sample:{file.stem}", "sample", sizes, sample=file.name, arrays=arrays))
+    return sets
 
 
 def split_call(specs: list[InputSpec], values: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:

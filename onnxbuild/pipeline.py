@@ -28,6 +28,7 @@ from onnxbuild.artifacts import (
 )
 from onnxbuild.context import Artifact, BuildContext
 from onnxbuild.errors import BuildError, ConfigError, DeviceError, StageError, ValidationFailed
+from onnxbuild.init import resolve_init_mode
 from onnxbuild.inputs import InputSpec, parse_specs
 from onnxbuild.models import allowed_prefixes, check_checkpoint, resolve_target
 from onnxbuild.versions import platform_info, tool_versions
@@ -110,6 +111,7 @@ def preflight(cfg: DictConfig) -> list[InputSpec]:
         )
     resolve_target(str(cfg.model._target_), allowed_prefixes(cfg.model, list(cfg.allowed_target_prefixes)))
     check_checkpoint(cfg.model)
+    resolve_init_mode(cfg.model)
     if cfg.get("translations") is not None and cfg.translations.table:
         from onnxbuild.translations import translation_table
 
@@ -288,6 +290,7 @@ def build_manifest(
         "platform": platform_info(),
         "capture_strategy": ctx.facts.get("capture_strategy"),
         "constants": ctx.facts.get("constants", {}),
+        "model_init": ctx.facts.get("model_init") or {"mode": resolve_init_mode(cfg.model)},
         "io": {
             "inputs": [s.name for s in ctx.specs if not s.constant],
             "outputs": ctx.facts.get("io", {}).get("outputs", []),
@@ -339,7 +342,13 @@ def build_report(
                 for r in validation["input_sets"]
             ],
             "degenerate_outputs": validation["degenerate_outputs"],
+            "weak": validation.get("weak", False),
+            "nondeterministic": (validation.get("nondeterministic") or {}).get("finding"),
+            "diagnosis": validation.get("diagnosis"),
+            "table": validation.get("table", []),
         },
+        "constants": ctx.facts.get("constants", {}),
+        "model_init": (ctx.facts.get("model_init") or {}).get("mode"),
     }
 
 

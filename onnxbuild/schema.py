@@ -72,6 +72,9 @@ class ModelConfig:
     checkpoint: Optional[str] = None
     # Import-path prefixes a _target_ may come from, on top of the built-in allowlist.
     allowed_prefixes: List[str] = field(default_factory=list)
+    # Weights: informative | default | checkpoint; null = checkpoint when one is given, else informative
+    # (seeded init made non-degenerate: BatchNorm statistics calibrated, dead layers redrawn).
+    init: Optional[str] = None
     # Tokenizer for input.sentences: a local tokenizer directory, or `minilm` (the bundled one).
     tokenizer: Optional[str] = None
 
@@ -127,13 +130,55 @@ class TranslationsConfig:
 
 
 @dataclass
+class ToleranceConfig:
+    atol: Optional[float] = None
+    rtol: Optional[float] = None
+
+
+def _precision_tolerances() -> Dict[str, ToleranceConfig]:
+    return {
+        "float64": ToleranceConfig(atol=1e-7, rtol=1e-6),
+        "float32": ToleranceConfig(atol=1e-4, rtol=1e-3),
+        "float16": ToleranceConfig(atol=1e-2, rtol=1e-2),
+        "bfloat16": ToleranceConfig(atol=5e-2, rtol=5e-2),
+    }
+
+
+@dataclass
 class ValidationConfig:
     enabled: bool = True
-    atol: float = 1e-4
-    rtol: float = 1e-3
+    # Tolerances for every output; null = the default of the output's precision (precision_defaults).
+    atol: Optional[float] = None
+    rtol: Optional[float] = None
+    # Defaults by precision: the lowest float precision among the model's weights, float inputs and
+    # the output itself. Integer and bool outputs are compared exactly unless overridden.
+    precision_defaults: Dict[str, ToleranceConfig] = field(default_factory=_precision_tolerances)
+    # Per output name: {logits: {atol: 1e-3, rtol: 1e-2}}; wins over atol/rtol and precision_defaults.
+    # (Untyped values: Hydra cannot add new keys to a Dict of dataclasses from the command line;
+    # validate checks that only atol/rtol are given.)
+    outputs: Dict[str, Any] = field(default_factory=dict)
     # Extra shape sets besides min and max of every dynamic dim: the export example and an odd value.
     include_example_shape: bool = True
     include_odd_shape: bool = True
+    # Value profiles: normal (random values in range) at every shape; edge profiles zeros (zeros,
+    # all-False, integer low) and large (large magnitudes, all-True, integer high) at the smallest
+    # shape only, unless edge_profiles_at_every_shape.
+    profiles: List[str] = field(default_factory=lambda: ["normal", "zeros", "large"])
+    edge_profiles_at_every_shape: bool = False
+    # Edge profiles push weights far from their calibrated range, where float32 rounding alone can
+    # differ widely between runtimes: their numeric mismatches warn; shape, dtype and NaN/Inf
+    # mismatches always fail. true makes numeric mismatches on edge profiles fail too.
+    strict_edge_profiles: bool = False
+    # Scale of the `large` profile for float inputs without a declared low/high.
+    large_magnitude: float = 10.0
+    # User samples used as-is: an .npz file (arrays keyed by input name) or a directory of them.
+    samples: Optional[str] = None
+    # A degenerate reference (constant or ~zero output) is a warning; true makes it a failure.
+    require_informative: bool = False
+    # Random ops in the graph (RandomNormal, Bernoulli...): warn (outputs they feed are not compared) | fail.
+    random_ops: str = "warn"
+    # On a mismatch, localize the first diverging node (runs the graph with every value exposed).
+    diagnose: bool = True
 
 
 @dataclass

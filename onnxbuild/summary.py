@@ -33,11 +33,22 @@ def format_summary(report: dict[str, Any]) -> str:
             f"  validation: {'passed' if validation['passed'] else 'FAILED'}, max abs error "
             f"{validation['max_abs_error']:.3g}, max rel error {validation['max_rel_error']:.3g}"
         )
-        for item in validation["input_sets"]:
-            shapes = " ".join(f"{k}={v}" for k, v in item["input_shapes"].items())
-            lines.append(
-                f"    {item['label']:<8} {'ok' if item['passed'] else 'FAIL':<4} max_abs={item['max_abs']:.3g}  {shapes}"
-            )
+        if validation.get("table"):
+            lines.extend(f"    {row}" for row in validation["table"])
+        else:
+            for item in validation["input_sets"]:
+                shapes = " ".join(f"{k}={v}" for k, v in item["input_shapes"].items())
+                lines.append(
+                    f"    {item['label']:<8} {'ok' if item['passed'] else 'FAIL':<4} max_abs={item['max_abs']:.3g}  {shapes}"
+                )
+        if validation.get("weak"):
+            lines.append(f"  validation is WEAK for {', '.join(validation['degenerate_outputs'])}")
+        if validation.get("nondeterministic"):
+            lines.append(f"  {validation['nondeterministic']}")
+    if report.get("model_init"):
+        lines.append(f"  weights: init={report['model_init']}")
+    for name, value in (report.get("constants") or {}).items():
+        lines.append(f"  constant input '{name}' = {value!r} baked into the graph")
     for warning in report.get("warnings", []):
         lines.append(f"  warning: {warning}")
     lines.append(f"  run dir: {report['run_dir']}")

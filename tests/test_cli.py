@@ -13,7 +13,9 @@ import pytest
 import torch
 import torchvision
 
-from tests.conftest import run_cli
+from onnxbuild.init import apply_init
+from onnxbuild.inputs import parse_specs
+from tests.conftest import compose_config, run_cli
 
 
 def model_path_from(stdout: str) -> Path:
@@ -43,8 +45,13 @@ def test_default_build_is_resnet18_matching_eager(tmp_path: Path) -> None:
     assert report["validation"]["passed"]
 
     onnx.checker.check_model(str(model_path))
+    # No checkpoint: the default init is `informative` (seeded torchvision init, then BatchNorm
+    # statistics calibrated by onnxbuild.init); rebuild exactly that reference independently.
+    assert manifest["model_init"]["mode"] == "informative"
+    assert manifest["model_init"]["batchnorm_calibrated"] == 20
     torch.manual_seed(0)
     reference = torchvision.models.resnet18(weights=None).eval()
+    apply_init(reference, "informative", parse_specs(compose_config([]).input), seed=0)
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     for batch in (1, 7):
         x = torch.randn(batch, 3, 224, 224)

@@ -33,7 +33,11 @@ def test_defaults() -> None:
     assert cfg.device.name == "cpu"
     assert cfg.optimization.name == "default"
     assert cfg.input.inputs[0].dynamic[0].name == "batch"
-    assert (cfg.validation.atol, cfg.validation.rtol) == (1e-4, 1e-3)
+    assert (cfg.validation.atol, cfg.validation.rtol) == (None, None)  # by precision
+    fp32 = cfg.validation.precision_defaults.float32
+    assert (fp32.atol, fp32.rtol) == (1e-4, 1e-3)
+    assert cfg.validation.precision_defaults.float16.atol > fp32.atol
+    assert cfg.model.init is None  # informative without a checkpoint, checkpoint with one
 
 
 @pytest.mark.parametrize("override", ["optimization.bogus=1", "model.bogus=1", "validation.atoll=1", "bogus=1"])

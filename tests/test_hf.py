@@ -78,9 +78,9 @@ def test_minilm_sentences_are_tokenized_into_padded_batches() -> None:
     assert [s.label for s in sets] == ["sentences[0]", "sentences"]
     single, batch = sets
     assert single.sizes["batch"] == 1 and batch.sizes["batch"] == len(cfg.input.sentences)
-    ids, mask = batch.values["input_ids"], batch.values["attention_mask"]
+    ids, mask = batch.arrays["input_ids"], batch.arrays["attention_mask"]
     assert (ids[:, 0] == 101).all()  # [CLS]: real WordPiece ids, not random ones
-    assert (mask == 0).any() and (mask == 1).all(dim=0).any()  # padded batch
+    assert (mask == 0).any() and (mask == 1).all(axis=0).any()  # padded batch
 
 
 @needs_minilm

@@ -85,9 +85,9 @@ def test_validate_passes_and_writes_report(staged: dict) -> None:
     report = art.info["report"]
     assert report["passed"]
     labels = [s["label"] for s in report["input_sets"]]
-    assert labels == ["min", "max", "example", "odd"]
+    assert labels == ["min", "min/zeros", "min/large", "max", "example", "odd"]
     batches = [s["input_shapes"]["input"][0] for s in report["input_sets"]]
-    assert batches[0] == 1 and batches[1] == 16
-    stats = report["input_sets"][1]["outputs"]["output"]
+    assert batches[:4] == [1, 1, 1, 16]
+    stats = report["input_sets"][3]["outputs"]["output"]
     assert 0 < stats["max_abs"] < 1e-4 and stats["reference_std"] > 0
     assert (ctx.run_dir / "validation.json").is_file()

@@ -115,7 +115,8 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact) -> Artifact:
             optimize=False,
             verbose=False,
             external_data=True,
-            custom_translation_table=table or None,
+            # Only when configured: the exporter's own default table otherwise.
+            **({"custom_translation_table": table} if table else {}),
         )
     except Exception as exc:
         raise StageError(
