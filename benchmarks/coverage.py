@@ -303,6 +303,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO, help="where coverage.md/csv go")
     parser.add_argument("--runs", type=Path, default=REPO / "coverage_runs", help="run directories")
     parser.add_argument("--resume", action="store_true", help="keep rows already in coverage.csv")
+    parser.add_argument(
+        "--retry", default=f"timeout,{NOT_RUN}", help="with --resume: statuses to build again (e.g. timeout,failed)"
+    )
     parser.add_argument("--workers", type=int, default=1, help="models built at the same time")
     parser.add_argument(
         "--big-params", type=int, default=100_000_000, help="models above this many parameters run alone"
@@ -318,8 +321,9 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _stop)
     args.runs.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    # --resume keeps finished rows; timeouts are tried again.
-    rows = [r for r in read_rows(args.out / "coverage.csv") if r.status not in ("timeout", NOT_RUN)] if args.resume else []
+    # --resume keeps finished rows, except those whose status is in --retry.
+    retry = set(args.retry.split(","))
+    rows = [r for r in read_rows(args.out / "coverage.csv") if r.status not in retry] if args.resume else []
     done = {r.model for r in rows}
     started = time.strftime("%Y-%m-%d %H:%M %Z")
     total = len(done | {j.model for j in jobs})
