@@ -72,6 +72,23 @@ def test_remote_code_is_refused(tmp_path: Path) -> None:
 
 
 @needs_minilm
+def test_minilm_keeps_its_pretrained_weights(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from onnxbuild.context import BuildContext
+    from onnxbuild.hf import minilm_path
+
+    cfg = compose_config(["model=minilm", "input=text_seq"])
+    ctx = BuildContext(cfg=cfg, run_dir=tmp_path, specs=parse_specs(cfg.input))
+    state = ctx.model().state_dict()  # the build's model, after model.init
+    shipped = load_file(str(minilm_path() / "model.safetensors"))
+    assert ctx.facts["model_init"]["mode"] == "default"
+    for name, tensor in shipped.items():
+        if name in state:
+            torch.testing.assert_close(state[name], tensor, msg=name)
+
+
+@needs_minilm
 def test_minilm_sentences_are_tokenized_into_padded_batches() -> None:
     cfg = compose_config(["model=minilm", "input=text_seq"])
     sets = sentence_sets(parse_specs(cfg.input), cfg)
