@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 FLOAT_DTYPES = {"float32", "float16", "bfloat16", "float64"}
 INT_DTYPES = {"int64", "int32", "int16", "int8", "uint8"}
 SUPPORTED_DTYPES = FLOAT_DTYPES | INT_DTYPES | {"bool"}
+PATTERNS = {"padding_mask"}
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class InputSpec:
     keyword: bool = False
     constant: bool = False
     value: Any = None
+    pattern: str | None = None
 
 
 @dataclass
@@ -128,9 +130,16 @@ def parse_specs(input_cfg: DictConfig) -> list[InputSpec]:
                 low=item.get("low"),
                 high=item.get("high"),
                 keyword=bool(item.get("keyword")),
+                pattern=_check_pattern(item.get("pattern"), f"{key}.pattern"),
             )
         )
     return specs
+
+
+def _check_pattern(pattern: str | None, key: str) -> str | None:
+    if pattern is not None and pattern not in PATTERNS:
+        raise ConfigError(f"unknown value pattern '{pattern}'", key=key, hint=f"one of {sorted(PATTERNS)} or null")
+    return pattern
 
 
 def dynamic_dims(specs: list[InputSpec]) -> dict[str, DynamicDim]:
@@ -232,6 +241,10 @@ def make_tensor(
     import torch
 
     dtype = torch_dtype(spec.dtype)
+    if spec.pattern == "padding_mask":
+        from onnxbuild.input_sets import padding_mask
+
+        return padding_mask(shape, generator, dtype)
     if spec.dtype == "bool":
         if profile == "zeros":
             return torch.zeros(shape, dtype=torch.bool)

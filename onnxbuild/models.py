@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,13 +37,36 @@ def resolve_target(target: str, prefixes: list[str]) -> Any:
     module_name, _, attr = target.rpartition(".")
     try:
         module = importlib.import_module(module_name)
-        return getattr(module, attr)
+        factory = getattr(module, attr)
     except (ImportError, AttributeError) as exc:
         raise ModelError(
             f"cannot import '{target}': {exc}",
             key="model._target_",
             hint="check the spelling and that the package is installed in this environment",
         ) from exc
+    check_origin(factory, target, prefixes, "model._target_")
+    return factory
+
+
+def check_origin(obj: Any, target: str, prefixes: list[str], key: str) -> None:
+    """The object must be *defined* inside the allowlist, not merely imported into an allowed module.
+
+    Without this, `allowedpkg.module.system` (after `from os import system` there) would pass the
+    prefix check and run os.system.
+    """
+    if isinstance(obj, types.ModuleType):
+        raise ModelError(f"'{target}' is a module, not a factory", key=key, hint="name a function or class")
+    module = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", "")
+    if not isinstance(module, str):
+        return  # objects without a defining module (instances, builtins' attributes) are called as-is
+    origin = f"{module}.{qualname}"
+    if not any(origin.startswith(p) or f"{module}.".startswith(p) for p in prefixes):
+        raise ModelError(
+            f"'{target}' is {origin}, defined outside the allowlist {prefixes}",
+            key=key,
+            hint="name the factory where it is defined, inside an allowed package",
+        )
 
 
 def check_checkpoint(model_cfg: DictConfig) -> Path | None:

@@ -95,8 +95,8 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec(
         "convert",
         "onnxbuild.stages.convert",
-        lambda cfg: OmegaConf.create({"opset": cfg.opset}),
-        reads=("opset", "input"),
+        lambda cfg: OmegaConf.create({"opset": cfg.opset, "translations": cfg.get("translations")}),
+        reads=("opset", "input", "translations"),
         tools=("torch", *ONNX_TOOLS),
     ),
     StageSpec(
@@ -203,6 +203,10 @@ def prepare_runtime(cfg: DictConfig) -> Callable[[], None] | None:
     resolve_target(str(cfg.model._target_), allowed_prefixes(cfg.model, list(cfg.allowed_target_prefixes)))
     if str(cfg.device.name) == "cuda":
         check_cuda(int(cfg.device.index))
+    if cfg.get("translations") is not None and cfg.translations.table:
+        from onnxbuild.translations import translation_table
+
+        translation_table(cfg.translations)  # imports torch: resolved here, not in preflight
     if not cfg.get("deterministic"):
         return None
     import torch

@@ -36,6 +36,17 @@ class InputSpecConfig:
     # A non-tensor argument (float, int, bool, str): baked into the graph and recorded in the manifest.
     constant: bool = False
     value: Any = None
+    # Structured values instead of uniform random ones: `padding_mask` = per row ones then zeros
+    # (an attention mask of right-padded sequences; the first row unpadded).
+    pattern: Optional[str] = None
+
+
+@dataclass
+class InputOverrideConfig:
+    """Value range of one input inside a named validation set (shapes stay those of the example)."""
+
+    low: Optional[float] = None
+    high: Optional[float] = None
 
 
 @dataclass
@@ -44,6 +55,11 @@ class InputConfig:
     inputs: List[InputSpecConfig] = field(default_factory=list)
     # Optional names for the flattened outputs; default: derived from the output structure.
     output_names: List[str] = field(default_factory=list)
+    # Named validation sets on top of the shape sets: set name -> input name -> value overrides
+    # (e.g. inputs that make a torch.cond predicate true, and others that make it false).
+    named_sets: Dict[str, Dict[str, InputOverrideConfig]] = field(default_factory=dict)
+    # Real sentences to validate with, tokenized by model.tokenizer (skipped when it is null).
+    sentences: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -59,6 +75,8 @@ class ModelConfig:
     # Weights: informative | default | checkpoint; null = checkpoint when one is given, else informative
     # (seeded init made non-degenerate: BatchNorm statistics calibrated, dead layers redrawn).
     init: Optional[str] = None
+    # Tokenizer for input.sentences: a local tokenizer directory, or `minilm` (the bundled one).
+    tokenizer: Optional[str] = None
 
 
 @dataclass
@@ -92,6 +110,23 @@ class OptimizationConfig:
 class CaptureConfig:
     # auto: non-strict torch.export, then strict if that fails; or exactly one of them.
     strategy: str = "auto"  # auto | non_strict | strict
+
+
+@dataclass
+class TranslationEntryConfig:
+    # torch op: aten::gelu, aten::add.Tensor, mylib::myop, or torch.ops.aten.gelu.default
+    op: str = MISSING
+    # Import path of the onnxscript function that translates it.
+    function: str = MISSING
+
+
+@dataclass
+class TranslationsConfig:
+    """torch.onnx.export's custom_translation_table, built from import paths."""
+
+    table: List[TranslationEntryConfig] = field(default_factory=list)
+    # Import-path prefixes translation functions may come from, on top of `onnxbuild.`.
+    allowed_prefixes: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -170,6 +205,7 @@ class BuildConfig:
     device: DeviceConfig = MISSING
     optimization: OptimizationConfig = MISSING
     capture: CaptureConfig = field(default_factory=CaptureConfig)
+    translations: TranslationsConfig = field(default_factory=TranslationsConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     opset: int = 18
     seed: int = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from omegaconf import DictConfig
@@ -53,23 +54,104 @@ def output_names(outputs: Any, configured: list[str]) -> tuple[list[str], list[s
     return names, kinds
 
 
-def _hint_for(exc: BaseException) -> str:
-    text = str(exc)
-    if (
-        "data-dependent" in text
-        or "GuardOnDataDependentSymNode" in type(exc).__name__
-        or "Could not guard on data-dependent" in text
-    ):
-        return "the model branches on tensor values in Python; express the branch with torch.cond so both sides are captured"
-    if "Constraints violated" in text or "specialized" in text:
+# Exception class names and message fragments torch.export uses for a Python branch on tensor
+# values: non-strict raises GuardOnDataDependentSymNode ("Could not guard on data-dependent
+# expression ..."), strict raises a dynamo UserError/Unsupported ("Data-dependent branching",
+# "Dynamic control flow is not supported"). Matched on names and lower-cased text so that a wrapped
+# or reworded error is still recognised.
+DATA_DEPENDENT_TYPES = ("GuardOnDataDependentSymNode", "DataDependentOutputException")
+DATA_DEPENDENT_TEXT = (
+    "data-dependent",
+    "data dependent",
+    "guardondatadependentsymnode",
+    "dynamic control flow",
+    "generic_jump",
+)
+CONSTRAINT_TEXT = ("constraints violated", "specialized", "not in range", "guard on a dynamic dim")
+COND_HINT = (
+    "the model branches on tensor values in Python (an `if` on a tensor, or .item()), which torch.export "
+    "cannot capture without baking in one branch; rewrite the branch with torch.cond(pred, true_fn, "
+    "false_fn, operands) so both sides are exported (ONNX If)"
+)
+
+
+def _causes(exc: BaseException | None) -> list[BaseException]:
+    seen: list[BaseException] = []
+    while exc is not None and exc not in seen and len(seen) < 10:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return seen
+
+
+def is_data_dependent(exc: BaseException) -> bool:
+    for cause in _causes(exc):
+        names = {cls.__name__ for cls in type(cause).__mro__}
+        if names & set(DATA_DEPENDENT_TYPES):
+            return True
+        text = str(cause).lower()
+        if any(fragment in text for fragment in DATA_DEPENDENT_TEXT):
+            return True
+    return False
+
+
+def register_output_dataclasses(value: Any, depth: int = 0) -> None:
+    """Make plain @dataclass outputs pytree nodes, so torch.export flattens them to named tensors.
+
+    (HF ModelOutput and namedtuples are pytrees already; an unregistered dataclass would be one
+    opaque leaf that no ONNX graph can return.)
+    """
+    import dataclasses
+
+    from torch.utils._pytree import SUPPORTED_NODES
+
+    if depth > 20:
+        return
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        if type(value) not in SUPPORTED_NODES:
+            import torch
+
+            cls = type(value)
+            torch.export.register_dataclass(cls, serialized_type_name=f"{cls.__module__}.{cls.__qualname__}")
+        children = [getattr(value, f.name) for f in dataclasses.fields(value)]
+    elif isinstance(value, dict):
+        children = list(value.values())
+    elif isinstance(value, (list, tuple)):
+        children = list(value)
+    else:
+        return
+    for child in children:
+        register_output_dataclasses(child, depth + 1)
+
+
+def check_output_names(names: list[str], input_names: list[str]) -> None:
+    """ONNX names must be unique across inputs and outputs (SSA): say so before the exporter does."""
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    clashes = sorted(set(names) & set(input_names))
+    if duplicates or clashes:
+        what = f"duplicate output names {duplicates}" if duplicates else f"outputs named like inputs {clashes}"
+        raise ConfigError(
+            f"{what} (outputs: {names}; inputs: {input_names})",
+            key="input.output_names",
+            hint="give unique names with input.output_names=[...], one per flattened output",
+        )
+
+
+def _hint_for(excs: list[BaseException]) -> str:
+    """The most useful hint across every strategy's failure (data-dependent control flow first)."""
+    if any(is_data_dependent(exc) for exc in excs):
+        return COND_HINT
+    if any(f in str(c).lower() for exc in excs for c in _causes(exc) for f in CONSTRAINT_TEXT):
         return (
             "the model fixes a dim declared dynamic; make it static in the input spec or narrow its min/max"
         )
     return "run with HYDRA_FULL_ERROR=1 for the exporter's trace; try capture.strategy=strict or non_strict"
 
 
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def first_line(exc: BaseException, limit: int = 300) -> str:
-    for line in str(exc).splitlines():
+    for line in ANSI.sub("", str(exc)).splitlines():
         if line.strip():
             return line.strip()[:limit]
     return type(exc).__name__
@@ -95,12 +177,15 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact | None = None
             key="input.inputs",
             hint="make input shapes/dtypes match what the model's forward expects",
         ) from exc
+    register_output_dataclasses(outputs)
     names, kinds = output_names(outputs, list(ctx.cfg.input.output_names or []))
+    check_output_names(names, [s.name for s in ctx.specs if not s.constant])
     dynamic_shapes = export_dynamic_shapes(model, ctx.specs, args, kwargs)
 
     errors: list[str] = []
     exported = None
     last_exc: BaseException | None = None
+    failures: list[BaseException] = []
     strategy_used = None
     for strategy in STRATEGIES[str(section.strategy)]:
         try:
@@ -113,9 +198,15 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact | None = None
             log.warning("capture with strategy %s failed: %s", strategy, first_line(exc))
             errors.append(f"{strategy}: {first_line(exc)}")
             last_exc = exc
+            failures.append(exc)
     if exported is None:
+        prefix = (
+            "data-dependent control flow (a Python branch on tensor values) cannot be captured: "
+            if any(is_data_dependent(exc) for exc in failures)
+            else ""
+        )
         raise StageError(
-            "; ".join(errors), stage=NAME, key="capture.strategy", hint=_hint_for(last_exc)
+            prefix + "; ".join(errors), stage=NAME, key="capture.strategy", hint=_hint_for(failures)
         ) from last_exc
 
     # Map the forward's parameter names (placeholder names) to the spec's input names.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from omegaconf import DictConfig
@@ -19,11 +20,27 @@ from onnxbuild.onnx_utils import (
     save_model,
 )
 from onnxbuild.opset import EXPORTER_NATIVE_OPSET, convert_opset, default_opset
-from onnxbuild.stages.capture import first_line
+from onnxbuild.stages.capture import ANSI, first_line
+from onnxbuild.translations import describe, translation_table
 
 NAME = "convert"
 VERSION = 1
 log = logging.getLogger("onnxbuild")
+
+
+SUMMARY_CAUSE = re.compile(r"<class '(?:[\w.]+\.)?(\w+)'>: (.+)")
+
+
+def exporter_reason(exc: BaseException) -> str:
+    """The root cause from torch.onnx's error report ("## Exception summary"), else the first line."""
+    text = ANSI.sub("", str(exc))
+    _, found, summary = text.partition("## Exception summary")
+    if found:
+        for line in summary.splitlines():
+            match = SUMMARY_CAUSE.match(line.strip())
+            if match:
+                return f"{match.group(1)}: {match.group(2)}"[:300]
+    return first_line(exc)
 
 
 def check_outputs_are_tensors(io: dict[str, Any]) -> None:
@@ -86,6 +103,7 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact) -> Artifact:
     input_names = [io["placeholder_to_input"].get(name, name) for name in user_inputs]
     requested = int(section.opset)
     export_opset = max(requested, EXPORTER_NATIVE_OPSET)
+    table = translation_table(section.get("translations"))
     try:
         program = torch.onnx.export(
             ep,
@@ -97,10 +115,12 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact) -> Artifact:
             optimize=False,
             verbose=False,
             external_data=True,
+            # Only when configured: the exporter's own default table otherwise.
+            **({"custom_translation_table": table} if table else {}),
         )
     except Exception as exc:
         raise StageError(
-            f"torch.onnx.export failed at opset {section.opset}: {first_line(exc)}",
+            f"torch.onnx.export failed at opset {section.opset}: {exporter_reason(exc)}",
             stage=NAME,
             key="opset",
             hint="run with HYDRA_FULL_ERROR=1 for the exporter's report; an unsupported op needs a custom translation",
@@ -130,5 +150,11 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact) -> Artifact:
         path=path,
         digest=file_sha256(path),
         payload=model if len(files) == 1 else None,
-        info={"nodes": node_count(model), "op_counts": op_counts(model), "opset": opset, "input_dims": dims},
+        info={
+            "nodes": node_count(model),
+            "op_counts": op_counts(model),
+            "opset": opset,
+            "input_dims": dims,
+            "custom_translations": describe(table),
+        },
     )

@@ -20,6 +20,7 @@ from onnxbuild.artifacts import write_json_atomic
 from onnxbuild.compare import compare_output, lowest_precision, resolve_tolerance, weak_reason
 from onnxbuild.context import Artifact, BuildContext
 from onnxbuild.errors import StageError, ValidationFailed
+from onnxbuild.input_sets import branch_coverage_warning, extra_validation_sets
 from onnxbuild.inputs import EDGE_PROFILES, InputSet, split_call, to_numpy_feed, validation_input_sets
 from onnxbuild.stages.capture import first_line
 
@@ -137,6 +138,11 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact) -> Artifact:
         samples=section.samples,
     )
     large = float(section.large_magnitude)
+    # Named sets (both sides of a torch.cond...) and tokenized sentences: fixed values, run as-is.
+    sets = [*sets, *extra_validation_sets(ctx.cfg, ctx.specs, seed=int(ctx.cfg.seed) + 1 + len(sets))]
+    branch_warning = branch_coverage_warning(upstream.path, ctx.cfg.input)
+    if branch_warning:
+        ctx.warn(branch_warning)
 
     nondeterministic = {
         onnx_names[i]: random_outputs[o] for i, o in enumerate(onnx_names) if o in random_outputs
