@@ -362,11 +362,13 @@ def _stage_loop(ctx: BuildContext, cache: StageCache | None, attempt: _Attempt) 
         key = stage_key(spec, cfg, upstream) if cache is not None else None
         entry = cache.lookup(key) if cache is not None else None
         status = "cached"
+        if entry is None and not prepared:
+            # Outside the stage's error handling: a bad device or translation entry is a config
+            # error (exit 2, nothing written), not a failure of the stage that happened to run first.
+            prepared = True
+            attempt.restore = prepare_runtime(cfg)
         try:
             if entry is None:
-                if not prepared:
-                    prepared = True
-                    attempt.restore = prepare_runtime(cfg)
                 if upstream_entry is not None:
                     problem = upstream_entry.check(full=True)  # about to read it: check every byte
                     if problem is not None:
