@@ -353,6 +353,11 @@ def _stage_loop(ctx: BuildContext, cache: StageCache | None, attempt: _Attempt) 
     upstream: Artifact | None = None
     upstream_entry: Entry | None = None
     prepared = False
+    if cfg.get("translations") is not None and cfg.translations.table:
+        # Translation entries resolve only with torch imported; check them before any stage is
+        # restored, so a bad entry leaves no stage output behind (no torch-free no-op rebuild then).
+        prepared = True
+        attempt.restore = prepare_runtime(cfg)
     for spec in STAGES:
         if not spec.enabled(cfg):
             attempt.records.append({"name": spec.name, "status": "skipped"})
