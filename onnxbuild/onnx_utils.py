@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from onnxbuild import __version__
 
@@ -53,20 +53,21 @@ def canonicalize(model: onnx.ModelProto) -> None:
     model.producer_version = __version__
     for graph in _all_graphs(model):
         graph.doc_string = ""
-        for node in graph.node:
-            node.doc_string = ""
-            kept = [p for p in node.metadata_props if p.key not in VOLATILE_METADATA_KEYS]
-            del node.metadata_props[:]
-            node.metadata_props.extend(kept)
+        _scrub_nodes(graph.node)
         for value in [*graph.input, *graph.output, *graph.value_info]:
             value.doc_string = ""
     for function in model.functions:
         function.doc_string = ""
-        for node in function.node:
-            node.doc_string = ""
-            kept = [p for p in node.metadata_props if p.key not in VOLATILE_METADATA_KEYS]
-            del node.metadata_props[:]
-            node.metadata_props.extend(kept)
+        _scrub_nodes(function.node)
+
+
+def _scrub_nodes(nodes: Any) -> None:
+    """Drop doc strings and volatile metadata (source paths, stack traces) from nodes."""
+    for node in nodes:
+        node.doc_string = ""
+        kept = [p for p in node.metadata_props if p.key not in VOLATILE_METADATA_KEYS]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
 
 
 def rename_dim_params(model: onnx.ModelProto, mapping: dict[str, str]) -> None:
