@@ -80,7 +80,7 @@ def _task(cfg: DictConfig) -> None:
     except BuildError as exc:
         status.failed(stage=exc.stage or "preflight", reason=_reason(exc), exit_code=exc.exit_code)
         log.error("build failed: %s", exc.one_line(), extra=FILE_ONLY)
-        full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+        full_error = _user_wants_tracebacks()
         if full_error and not multirun:
             raise
         if full_error:  # in a sweep, the traceback goes to the job's log; the sweep goes on
@@ -115,8 +115,34 @@ def _hydra_main(cfg: DictConfig) -> None:
     _task(cfg)
 
 
+# main() sets HYDRA_FULL_ERROR so that Hydra raises its composition errors to us (to print them on
+# one line) instead of printing them itself; this marks that the user did not ask for tracebacks.
+COMPACT_ERRORS_ENV = "ONNXBUILD_COMPACT_ERRORS"
+
+
+def _user_wants_tracebacks() -> bool:
+    return os.environ.get("HYDRA_FULL_ERROR") == "1" and os.environ.get(COMPACT_ERRORS_ENV) != "1"
+
+
+def _exit_with_one_line(exc: Exception) -> None:
+    """A composition error as `key: message (hint)`, anything else as one `[internal]` line."""
+    from onnxbuild.hydra_errors import as_config_error
+
+    error = as_config_error(exc)
+    if error is not None:
+        print(f"onnxbuild: error: {error.one_line()}", file=sys.stderr, flush=True)
+        sys.exit(error.exit_code)
+    message = one_line(f"{type(exc).__name__}: {exc}", limit=300)
+    print(f"onnxbuild: error: [internal] {message} (hint: HYDRA_FULL_ERROR=1 prints the traceback)",
+          file=sys.stderr, flush=True)  # fmt: skip
+    sys.exit(1)
+
+
 def main() -> None:
     callbacks.reset()
+    if os.environ.get("HYDRA_FULL_ERROR") != "1":
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+        os.environ[COMPACT_ERRORS_ENV] = "1"
     try:
         _hydra_main()
     except SystemExit as exc:
@@ -124,6 +150,13 @@ def main() -> None:
         if exc.code not in (0, None) and callbacks.summarize_pending() is not None:
             print("onnxbuild: the sweep was aborted; summary of the jobs so far above", file=sys.stderr)
         raise
+    except Exception as exc:
+        # With HYDRA_FULL_ERROR set (above), Hydra raises what a launcher or the composition raised.
+        if callbacks.summarize_pending() is not None:
+            print("onnxbuild: the sweep was aborted; summary of the jobs so far above", file=sys.stderr)
+        if _user_wants_tracebacks():
+            raise
+        _exit_with_one_line(exc)
     outcome = callbacks.last_outcome()
     if outcome is not None and outcome.failed:
         # Jobs on other processes or machines printed their errors there: repeat them here.

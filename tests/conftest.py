@@ -29,10 +29,17 @@ def make_cfg() -> Callable[..., DictConfig]:
     return lambda *overrides: compose_config(list(overrides))
 
 
-def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_cli(
+    args: list[str],
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    timeout: int = 600,
+    keep_full_error: bool = False,
+) -> subprocess.CompletedProcess:
     """Run `python -m onnxbuild` in a subprocess, as a user would."""
     full_env = {**os.environ, **(env or {})}
-    full_env.pop("HYDRA_FULL_ERROR", None)
+    if not keep_full_error:
+        full_env.pop("HYDRA_FULL_ERROR", None)
     full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
     return subprocess.run([sys.executable, "-m", "onnxbuild", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)

@@ -85,10 +85,27 @@ def test_cuda_without_cuda_is_one_line(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("outputs/**/model.onnx"))
 
 
-def test_misspelt_key_names_the_key(tmp_path: Path) -> None:
-    proc = run_cli(["optimization.bogus=1"], cwd=tmp_path)
-    assert proc.returncode != 0
-    assert "optimization.bogus" in proc.stderr
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("optimization.bogus=1", "optimization.bogus: unknown config key"),
+        ("modle=resnet", "modle: unknown config key"),
+        ("opset=abc", "opset: Value 'abc'"),
+        ("model=nope", "model: Could not find 'model/nope' (hint: choose one of: bert_tiny,"),
+        ("+foo", "cannot parse the override: Error parsing override '+foo': missing EQUAL"),
+    ],
+)
+def test_hydra_composition_errors_are_one_line_with_the_key(tmp_path: Path, override: str, expected: str) -> None:
+    proc = run_cli([override], cwd=tmp_path)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("onnxbuild: error: ") and expected in lines[0] and "(hint: " in lines[0]
+    assert ", schema," not in lines[0]  # ConfigStore schema nodes are not presets to choose
+
+
+def test_hydra_full_error_still_gives_the_traceback(tmp_path: Path) -> None:
+    proc = run_cli(["modle=resnet"], cwd=tmp_path, env={"HYDRA_FULL_ERROR": "1"}, keep_full_error=True)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "ConfigCompositionException" in proc.stderr
 
 
 def test_failed_validation_exit_code_and_no_model(tmp_path: Path) -> None:
