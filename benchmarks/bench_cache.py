@@ -22,7 +22,6 @@ from _common import timed
 OPSETS = (17, 18, 19, 20)
 
 
-
 def build(*overrides: str) -> list[str]:
     return [sys.executable, "-m", "onnxbuild", *overrides]
 

@@ -17,7 +17,6 @@ from _common import timed
 HERE = Path(__file__).resolve().parent
 
 
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=3)
@@ -26,12 +25,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         for i in range(args.runs):
-            ours.append(timed([sys.executable, "-m", "onnxbuild", "model=resnet50", f"hydra.run.dir={root}/ob{i}"], root))
-            theirs.append(timed([sys.executable, str(HERE / "handwritten_resnet50.py"), str(root / f"hw{i}")], root))
+            ours.append(
+                timed(
+                    [sys.executable, "-m", "onnxbuild", "model=resnet50", f"hydra.run.dir={root}/ob{i}"], root
+                )
+            )
+            theirs.append(
+                timed([sys.executable, str(HERE / "handwritten_resnet50.py"), str(root / f"hw{i}")], root)
+            )
             print(f"run {i + 1}: onnxbuild {ours[-1]:.1f}s  script {theirs[-1]:.1f}s", flush=True)
     ob, hw = statistics.median(ours), statistics.median(theirs)
-    print(f"resnet50 build, median of {args.runs}: onnxbuild {ob:.1f}s, hand-written script {hw:.1f}s, "
-          f"ratio {ob / hw:.2f} (target <= 1.0)")
+    print(
+        f"resnet50 build, median of {args.runs}: onnxbuild {ob:.1f}s, hand-written script {hw:.1f}s, "
+        f"ratio {ob / hw:.2f} (target <= 1.0)"
+    )
 
 
 if __name__ == "__main__":

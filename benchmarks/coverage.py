@@ -79,7 +79,9 @@ class Row:
 
 def image_input(size: int) -> str:
     shape = f"[2,3,{size},{size}]"
-    return f"input.inputs=[{{name:input,dtype:float32,shape:{shape},dynamic:{{0:{{name:batch,min:1,max:2}}}}}}]"
+    return (
+        f"input.inputs=[{{name:input,dtype:float32,shape:{shape},dynamic:{{0:{{name:batch,min:1,max:2}}}}}}]"
+    )
 
 
 def torchvision_jobs() -> list[Job]:
@@ -94,15 +96,25 @@ def torchvision_jobs() -> list[Job]:
     for arch in classification_archs():
         size = NATURAL_RESOLUTION.get(arch, SMALL_IMAGE)
         jobs.append(
-            Job(arch, "torchvision", ["model=torchvision", f"model.kwargs.arch={arch}", image_input(size)],
-                f"1..2x3x{size}x{size}", num_params(arch))
+            Job(
+                arch,
+                "torchvision",
+                ["model=torchvision", f"model.kwargs.arch={arch}", image_input(size)],
+                f"1..2x3x{size}x{size}",
+                num_params(arch),
+            )
         )
     seg = []
     for arch in segmentation_archs():
         size = SEGMENTATION_IMAGE
         seg.append(
-            Job(arch, "torchvision-seg", ["model=torchvision", f"model.kwargs.arch={arch}", image_input(size)],
-                f"1..2x3x{size}x{size}", num_params(arch))
+            Job(
+                arch,
+                "torchvision-seg",
+                ["model=torchvision", f"model.kwargs.arch={arch}", image_input(size)],
+                f"1..2x3x{size}x{size}",
+                num_params(arch),
+            )
         )
     # Small before large: a slow giant at the end cannot starve the rest of the table.
     return sorted(jobs + seg, key=lambda j: (j.params is None, j.params or 0, j.model))
@@ -111,7 +123,9 @@ def torchvision_jobs() -> list[Job]:
 DYNAMIC_TEXT = "dynamic:{0:{name:batch,min:1,max:2},1:{name:sequence,min:1,max:32}}"
 TEXT_SMALL = [
     "input=text_seq",
-    "input.inputs=[{name:input_ids,dtype:int64,shape:[2,16],low:0,high:1000,keyword:true," + DYNAMIC_TEXT + "},"
+    "input.inputs=[{name:input_ids,dtype:int64,shape:[2,16],low:0,high:1000,keyword:true,"
+    + DYNAMIC_TEXT
+    + "},"
     "{name:attention_mask,dtype:int64,shape:[2,16],pattern:padding_mask,keyword:true," + DYNAMIC_TEXT + "}]",
 ]
 
@@ -192,7 +206,13 @@ def run_job(job: Job, runs_root: Path, timeout: int, wall_factor: int = 6) -> Ro
         resource.setrlimit(resource.RLIMIT_CPU, (timeout, timeout + 30))
 
     popen = subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=limit_cpu
+        cmd,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=limit_cpu,
     )
     LIVE.add(popen)
     proc: subprocess.CompletedProcess | None
@@ -288,14 +308,19 @@ def read_rows(path: Path) -> list[Row]:
         for item in csv.DictReader(fh):
             rows.append(
                 Row(
-                    model=item["model"], family=item["family"], status=item["status"],
-                    failed_stage=item["failed_stage"], reason=item["reason"],
+                    model=item["model"],
+                    family=item["family"],
+                    status=item["status"],
+                    failed_stage=item["failed_stage"],
+                    reason=item["reason"],
                     export_s=float(item["export_s"]) if item["export_s"] else None,
                     total_s=float(item["total_s"]) if item["total_s"] else None,
                     nodes=int(item["nodes"]) if item["nodes"] else None,
                     max_abs_error=float(item["max_abs_error"]) if item["max_abs_error"] else None,
-                    degenerate_reference=item["degenerate_reference"], input=item["input"],
-                    init=item.get("init") or "", commit=item.get("commit") or "",
+                    degenerate_reference=item["degenerate_reference"],
+                    input=item["input"],
+                    init=item.get("init") or "",
+                    commit=item.get("commit") or "",
                 )
             )
     return rows
@@ -306,7 +331,9 @@ def _stop(signum: int, frame: object) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--only", default="", help="comma-separated model names")
     parser.add_argument("--skip", default="", help="comma-separated model names to leave out")
     parser.add_argument(
@@ -316,7 +343,9 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=REPO / "coverage_runs", help="run directories")
     parser.add_argument("--resume", action="store_true", help="keep rows already in coverage.csv")
     parser.add_argument(
-        "--retry", default=f"timeout,{NOT_RUN}", help="with --resume: statuses to build again (e.g. timeout,failed; 'stale': rows without a commit)"
+        "--retry",
+        default=f"timeout,{NOT_RUN}",
+        help="with --resume: statuses to build again (e.g. timeout,failed; 'stale': rows without a commit)",
     )
     parser.add_argument("--workers", type=int, default=1, help="models built at the same time")
     parser.add_argument(
@@ -336,11 +365,15 @@ def main() -> None:
     # --resume keeps finished rows, except those whose status is in --retry.
     retry = set(args.retry.split(","))
     # "stale": rows from before the build recorded its init mode and commit (older code).
-    rows = [
-        r
-        for r in read_rows(args.out / "coverage.csv")
-        if r.status not in retry and not ("stale" in retry and not r.commit)
-    ] if args.resume else []
+    rows = (
+        [
+            r
+            for r in read_rows(args.out / "coverage.csv")
+            if r.status not in retry and not ("stale" in retry and not r.commit)
+        ]
+        if args.resume
+        else []
+    )
     done = {r.model for r in rows}
     started = time.strftime("%Y-%m-%d %H:%M %Z")
     total = len(done | {j.model for j in jobs})
@@ -383,9 +416,15 @@ def main() -> None:
         with lock:
             finished = {r.model for r in rows}
             rows.extend(
-                Row(j.model, j.family, NOT_RUN, reason="the coverage run was stopped before this model",
-                    input=j.input_text)
-                for j in jobs if j.model not in finished
+                Row(
+                    j.model,
+                    j.family,
+                    NOT_RUN,
+                    reason="the coverage run was stopped before this model",
+                    input=j.input_text,
+                )
+                for j in jobs
+                if j.model not in finished
             )
             rows.sort(key=lambda r: order.get(r.model, len(order)))
             write_tables(rows, args.out, total, started)

@@ -24,7 +24,9 @@ def main(out_dir: Path) -> None:
     x = torch.randn(2, 3, 224, 224)
     batch = torch.export.Dim("batch", min=1, max=64)
     ep = torch.export.export(model, (x,), dynamic_shapes={"x": {0: batch}})
-    program = torch.onnx.export(ep, (), dynamo=True, opset_version=18, input_names=["input"], output_names=["output"])
+    program = torch.onnx.export(
+        ep, (), dynamo=True, opset_version=18, input_names=["input"], output_names=["output"]
+    )
     simplified, ok = onnxsim.simplify(program.model_proto)
     assert ok
     path = out_dir / "model.onnx"

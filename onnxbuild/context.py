@@ -63,7 +63,9 @@ class BuildContext:
             )
             model = model.to(self.torch_device)
             mode = resolve_init_mode(self.cfg.model)
-            self.facts["model_init"] = apply_init(model, mode, self.specs, int(self.cfg.seed), self.torch_device)
+            self.facts["model_init"] = apply_init(
+                model, mode, self.specs, int(self.cfg.seed), self.torch_device
+            )
             self._model = model
         return self._model
 

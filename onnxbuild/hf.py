@@ -174,7 +174,5 @@ def tokenize(name: str, sentences: list[str], max_length: int) -> dict[str, Any]
             key="model.tokenizer",
             hint="give a local directory with tokenizer.json / vocab files, or minilm",
         ) from exc
-    encoded = tokenizer(
-        sentences, padding=True, truncation=True, max_length=max_length, return_tensors="np"
-    )
+    encoded = tokenizer(sentences, padding=True, truncation=True, max_length=max_length, return_tensors="np")
     return {k: v.astype("int64") for k, v in encoded.items()}

@@ -138,7 +138,9 @@ def parse_specs(input_cfg: DictConfig) -> list[InputSpec]:
 
 def _check_pattern(pattern: str | None, key: str) -> str | None:
     if pattern is not None and pattern not in PATTERNS:
-        raise ConfigError(f"unknown value pattern '{pattern}'", key=key, hint=f"one of {sorted(PATTERNS)} or null")
+        raise ConfigError(
+            f"unknown value pattern '{pattern}'", key=key, hint=f"one of {sorted(PATTERNS)} or null"
+        )
     return pattern
 
 

@@ -48,9 +48,11 @@ def _drop_defaulted_unknown_attributes(model: onnx.ModelProto, source: int, targ
                 continue
             default = source_schema.attributes.get(attr.name)
             default_value = default.default_value if default is not None else None
-            if default_value is not None and default_value.type and helper.get_attribute_value(
-                default_value
-            ) == helper.get_attribute_value(attr):
+            if (
+                default_value is not None
+                and default_value.type
+                and helper.get_attribute_value(default_value) == helper.get_attribute_value(attr)
+            ):
                 dropped += 1
                 continue
             raise StageError(
@@ -79,8 +81,12 @@ def convert_opset(model: onnx.ModelProto, target: int) -> onnx.ModelProto:
     try:
         version_converter.convert_version(ir_model, target, fallback=True)
     except Exception as exc:  # the C API raises plain RuntimeErrors
-        raise StageError(f"cannot convert from opset {source} to {target}: {str(exc).splitlines()[0]}",
-                         stage="convert", key="opset", hint=f"use opset >= {source}") from exc
+        raise StageError(
+            f"cannot convert from opset {source} to {target}: {str(exc).splitlines()[0]}",
+            stage="convert",
+            key="opset",
+            hint=f"use opset >= {source}",
+        ) from exc
     converted = ir.to_proto(ir_model)
     actual = default_opset(converted)
     if actual != target:

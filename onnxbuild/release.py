@@ -42,10 +42,16 @@ def check_release(cfg: DictConfig) -> None:
             "validation.profiles",
             "a release is validated with every value profile (normal, zeros, large)",
         ),
-        (bool(cfg.validation.get("require_informative")), "validation.require_informative",
-         "a release cannot rest on a degenerate (constant) reference"),
-        (str(cfg.validation.get("random_ops")) == "fail", "validation.random_ops",
-         "a release graph must be deterministic"),
+        (
+            bool(cfg.validation.get("require_informative")),
+            "validation.require_informative",
+            "a release cannot rest on a degenerate (constant) reference",
+        ),
+        (
+            str(cfg.validation.get("random_ops")) == "fail",
+            "validation.random_ops",
+            "a release graph must be deterministic",
+        ),
     ]
     for ok, key, message in rules:
         if not ok:

@@ -54,7 +54,9 @@ def format_summary(report: dict[str, Any]) -> str:
         lines.append(f"  warning: {warning}")
     cache = report.get("cache") or {}
     if cache.get("enabled"):
-        lines.append(f"  cache:   {len(cache.get('hits', []))} stage(s) reused, {len(cache.get('computed', []))} computed")
+        lines.append(
+            f"  cache:   {len(cache.get('hits', []))} stage(s) reused, {len(cache.get('computed', []))} computed"
+        )
     lines.append(f"  run dir: {report['run_dir']}")
     if report.get("model"):
         lines.append(f"  model:   {report['model']}")

@@ -96,7 +96,9 @@ def translation_table(section: Any) -> dict[Any, Callable[..., Any]]:
         key = f"{KEY}.table[{index}]"
         op = resolve_op(str(entry["op"]), f"{key}.op")
         if op in table:
-            raise ConfigError(f"op '{entry['op']}' is translated twice", key=f"{key}.op", hint="keep one entry")
+            raise ConfigError(
+                f"op '{entry['op']}' is translated twice", key=f"{key}.op", hint="keep one entry"
+            )
         table[op] = resolve_function(str(entry["function"]), prefixes, f"{key}.function")
     return table
 

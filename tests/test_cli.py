@@ -31,7 +31,14 @@ def test_default_build_is_resnet18_matching_eager(tmp_path: Path) -> None:
     model_path = model_path_from(proc.stdout)
     run_dir = model_path.parent
     assert run_dir.is_relative_to(tmp_path / "outputs")
-    for name in ("manifest.json", "report.json", "validation.json", "SHA256SUMS", "onnxbuild.log", ".hydra/config.yaml"):
+    for name in (
+        "manifest.json",
+        "report.json",
+        "validation.json",
+        "SHA256SUMS",
+        "onnxbuild.log",
+        ".hydra/config.yaml",
+    ):
         assert (run_dir / name).is_file(), name
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["config"]["model"]["name"] == "resnet18"
@@ -40,7 +47,13 @@ def test_default_build_is_resnet18_matching_eager(tmp_path: Path) -> None:
     [artifact] = manifest["artifacts"]
     assert artifact["path"] == "model.onnx" and artifact["size"] == model_path.stat().st_size
     report = json.loads((run_dir / "report.json").read_text())
-    assert [s["name"] for s in report["stages"]] == ["capture", "fx_optimize", "convert", "simplify", "validate"]
+    assert [s["name"] for s in report["stages"]] == [
+        "capture",
+        "fx_optimize",
+        "convert",
+        "simplify",
+        "validate",
+    ]
     assert all(s["status"] == "ok" and s["seconds"] >= 0 for s in report["stages"])
     assert report["validation"]["passed"]
 
@@ -95,7 +108,9 @@ def test_cuda_without_cuda_is_one_line(tmp_path: Path) -> None:
         ("+foo", "cannot parse the override: Error parsing override '+foo': missing EQUAL"),
     ],
 )
-def test_hydra_composition_errors_are_one_line_with_the_key(tmp_path: Path, override: str, expected: str) -> None:
+def test_hydra_composition_errors_are_one_line_with_the_key(
+    tmp_path: Path, override: str, expected: str
+) -> None:
     proc = run_cli([override], cwd=tmp_path)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
@@ -109,8 +124,15 @@ def test_hydra_full_error_still_gives_the_traceback(tmp_path: Path) -> None:
 
 
 def test_failed_validation_exit_code_and_no_model(tmp_path: Path) -> None:
-    proc = run_cli(["model=custom", "model._target_=tests.models.CallCounterScale", "allowed_target_prefixes=[tests.]",
-                    "input=image32"], cwd=tmp_path)
+    proc = run_cli(
+        [
+            "model=custom",
+            "model._target_=tests.models.CallCounterScale",
+            "allowed_target_prefixes=[tests.]",
+            "input=image32",
+        ],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 3
     assert "[validate]" in proc.stderr
     assert not list(tmp_path.glob("outputs/**/model.onnx"))

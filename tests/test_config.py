@@ -40,14 +40,22 @@ def test_defaults() -> None:
     assert cfg.model.init is None  # informative without a checkpoint, checkpoint with one
 
 
-@pytest.mark.parametrize("override", ["optimization.bogus=1", "model.bogus=1", "validation.atoll=1", "bogus=1"])
+@pytest.mark.parametrize(
+    "override", ["optimization.bogus=1", "model.bogus=1", "validation.atoll=1", "bogus=1"]
+)
 def test_misspelt_key_fails(override: str) -> None:
     with pytest.raises(ConfigCompositionException) as info:
         compose_config([override])
-    assert "bogus" in str(info.value.__cause__) or "atoll" in str(info.value.__cause__) or "bogus" in str(info.value)
+    assert (
+        "bogus" in str(info.value.__cause__)
+        or "atoll" in str(info.value.__cause__)
+        or "bogus" in str(info.value)
+    )
 
 
-@pytest.mark.parametrize("override", ["opset=eighteen", "seed=abc", "validation.atol=tight", "device.index=x"])
+@pytest.mark.parametrize(
+    "override", ["opset=eighteen", "seed=abc", "validation.atol=tight", "device.index=x"]
+)
 def test_wrong_type_fails(override: str) -> None:
     with pytest.raises((ConfigCompositionException, ValidationError)):
         compose_config([override])
@@ -58,5 +66,8 @@ def test_yaml_with_unknown_key_fails(tmp_path: Path) -> None:
 
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "typo.yaml").write_text("name: typo\n_target_: onnxbuild.zoo.TinyCNN\nkwarg: {}\n")
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"), pytest.raises(ConfigCompositionException):
+    with (
+        initialize_config_dir(config_dir=config_dir(), version_base="1.3"),
+        pytest.raises(ConfigCompositionException),
+    ):
         compose(config_name="config", overrides=["model=typo", f"hydra.searchpath=[file://{tmp_path}]"])

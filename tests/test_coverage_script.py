@@ -40,19 +40,34 @@ def test_rows_from_a_passing_and_a_failing_run(tmp_path: Path) -> None:
     done = subprocess.CompletedProcess([], 0, "", "")
     fake_run(
         tmp_path / "ok",
-        {"status": "ok", "error": None, "stages": [
-            {"name": "capture", "status": "ok", "seconds": 1.5, "info": {}},
-            {"name": "convert", "status": "ok", "seconds": 2.0, "info": {"nodes": 90}},
-            {"name": "simplify", "status": "ok", "seconds": 1.0, "info": {"nodes": 60}},
-        ]},
+        {
+            "status": "ok",
+            "error": None,
+            "stages": [
+                {"name": "capture", "status": "ok", "seconds": 1.5, "info": {}},
+                {"name": "convert", "status": "ok", "seconds": 2.0, "info": {"nodes": 90}},
+                {"name": "simplify", "status": "ok", "seconds": 1.0, "info": {"nodes": 60}},
+            ],
+        },
         {"max_abs_error": 2e-6, "degenerate_outputs": ["aux"]},
     )
     row = coverage.row_from_run(job, tmp_path / "ok", done, 9.0)
     assert (row.status, row.export_s, row.nodes, row.max_abs_error, row.degenerate_reference) == (
-        "ok", 3.5, 60, 2e-6, "aux")
+        "ok",
+        3.5,
+        60,
+        2e-6,
+        "aux",
+    )
 
-    fake_run(tmp_path / "bad", {"status": "failed", "error": {"stage": "convert", "message": "no\ntranslation"},
-                                "stages": [{"name": "capture", "status": "ok", "seconds": 1.0}]})
+    fake_run(
+        tmp_path / "bad",
+        {
+            "status": "failed",
+            "error": {"stage": "convert", "message": "no\ntranslation"},
+            "stages": [{"name": "capture", "status": "ok", "seconds": 1.0}],
+        },
+    )
     row = coverage.row_from_run(job, tmp_path / "bad", subprocess.CompletedProcess([], 1, "", ""), 3.0)
     assert (row.status, row.failed_stage, row.reason) == ("failed", "convert", "no translation")
 
@@ -63,9 +78,12 @@ def test_rows_from_a_passing_and_a_failing_run(tmp_path: Path) -> None:
 
 
 def test_tables_are_written_and_read_back(tmp_path: Path) -> None:
-    rows = [coverage.Row("a", "torchvision", "ok", export_s=1.0, nodes=3, max_abs_error=1e-6,
-                         degenerate_reference="no"),
-            coverage.Row("b", "hf-config", "failed", failed_stage="capture", reason="x | y")]
+    rows = [
+        coverage.Row(
+            "a", "torchvision", "ok", export_s=1.0, nodes=3, max_abs_error=1e-6, degenerate_reference="no"
+        ),
+        coverage.Row("b", "hf-config", "failed", failed_stage="capture", reason="x | y"),
+    ]
     coverage.write_tables(rows, tmp_path, total_jobs=3, started="now")
     text = (tmp_path / "coverage.md").read_text()
     assert "Partial: 2 of 3" in text and "x \\| y" in text

@@ -48,7 +48,12 @@ def test_target_outside_allowlist(tmp_path: Path) -> None:
 
 def test_allowlist_is_user_extensible(tmp_path: Path) -> None:
     with pytest.raises(ModelError) as info:
-        build(tmp_path, "model=custom", "model._target_=tests.models.NotAModule", "allowed_target_prefixes=[tests.]")
+        build(
+            tmp_path,
+            "model=custom",
+            "model._target_=tests.models.NotAModule",
+            "allowed_target_prefixes=[tests.]",
+        )
     assert "not a torch.nn.Module" in info.value.message
 
 
@@ -62,7 +67,12 @@ def test_shape_that_contradicts_the_model(tmp_path: Path) -> None:
 
 def test_validation_mismatch_fails_and_marks_artifact(tmp_path: Path) -> None:
     with pytest.raises(ValidationFailed) as info:
-        build(tmp_path, "model=custom", "model._target_=tests.models.CallCounterScale", "allowed_target_prefixes=[tests.]")
+        build(
+            tmp_path,
+            "model=custom",
+            "model._target_=tests.models.CallCounterScale",
+            "allowed_target_prefixes=[tests.]",
+        )
     assert info.value.stage == "validate" and "differs from eager" in info.value.message
     run = tmp_path / "run"
     assert_nothing_published(tmp_path)
@@ -96,7 +106,9 @@ def test_checkpoint_is_loaded(tmp_path: Path, fmt: str) -> None:
     result = build(tmp_path, f"model.checkpoint={path}")
     x = torch.randn(3, 3, 32, 32)
     session = ort.InferenceSession(str(result.model_path), providers=["CPUExecutionProvider"])
-    np.testing.assert_allclose(session.run(None, {"input": x.numpy()})[0], trained(x).detach().numpy(), atol=1e-5, rtol=1e-4)
+    np.testing.assert_allclose(
+        session.run(None, {"input": x.numpy()})[0], trained(x).detach().numpy(), atol=1e-5, rtol=1e-4
+    )
     assert result.manifest["inputs"]["model.checkpoint"]["sha256"]
 
 

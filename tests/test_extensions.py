@@ -19,8 +19,9 @@ TESTS_ALLOWED = ["allowed_target_prefixes=[tests.]", "translations.allowed_prefi
 
 
 def build(tmp_path: Path, model: str, *overrides: str):
-    cfg = compose_config(["model=custom", f"model._target_=tests.extension_models.{model}", X8, *TESTS_ALLOWED,
-                          *overrides])
+    cfg = compose_config(
+        ["model=custom", f"model._target_=tests.extension_models.{model}", X8, *TESTS_ALLOWED, *overrides]
+    )
     return run_build(cfg, tmp_path / "run")
 
 
@@ -59,7 +60,9 @@ def test_op_mapped_to_onnxruntime_contrib_gelu(tmp_path: Path) -> None:
 
 
 def test_custom_op_translated_to_standard_onnx(tmp_path: Path) -> None:
-    result = build(tmp_path, "SoftsignNet", translate("onnxbuild_test::scaled_softsign", "scaled_softsign_onnx"))
+    result = build(
+        tmp_path, "SoftsignNet", translate("onnxbuild_test::scaled_softsign", "scaled_softsign_onnx")
+    )
     graph_ops = ops(result.model_path)
     assert all(domain == "" for domain, _ in graph_ops) and ("", "Abs") in graph_ops
     assert result.report["validation"]["passed"]
@@ -76,12 +79,26 @@ def test_custom_op_without_translation_fails_in_convert_naming_the_op(tmp_path: 
     ("entry", "key", "text"),
     [
         ("{op:'aten::relu',function:os.system}", "translations.table[0].function", "outside the allowlist"),
-        ("{op:'aten::no_such_op',function:tests.extension_models.relu_as_max}", "translations.table[0].op", "no op"),
-        ("{op:relu,function:tests.extension_models.relu_as_max}", "translations.table[0].op", "not a torch op"),
-        ("{op:'aten::relu',function:tests.extension_models.missing}", "translations.table[0].function", "cannot import"),
+        (
+            "{op:'aten::no_such_op',function:tests.extension_models.relu_as_max}",
+            "translations.table[0].op",
+            "no op",
+        ),
+        (
+            "{op:relu,function:tests.extension_models.relu_as_max}",
+            "translations.table[0].op",
+            "not a torch op",
+        ),
+        (
+            "{op:'aten::relu',function:tests.extension_models.missing}",
+            "translations.table[0].function",
+            "cannot import",
+        ),
     ],
 )
-def test_bad_translation_entries_fail_before_any_work(tmp_path: Path, entry: str, key: str, text: str) -> None:
+def test_bad_translation_entries_fail_before_any_work(
+    tmp_path: Path, entry: str, key: str, text: str
+) -> None:
     with pytest.raises(ConfigError) as info:
         build(tmp_path, "ReluNet", f"translations.table=[{entry}]")
     assert info.value.key == key and text in info.value.message
@@ -105,7 +122,9 @@ def test_torch_cond_exports_if_and_validates_both_branches(tmp_path: Path) -> No
     model = CondNet().eval()
     for sign in (1.0, -1.0):
         x = sign * (torch.rand(2, 8) + 0.1)
-        np.testing.assert_allclose(ort_run(result.model_path, x.numpy()), model(x).detach().numpy(), atol=1e-5)
+        np.testing.assert_allclose(
+            ort_run(result.model_path, x.numpy()), model(x).detach().numpy(), atol=1e-5
+        )
 
 
 def test_cond_without_named_sets_warns_that_one_branch_may_be_untested(tmp_path: Path) -> None:
@@ -138,8 +157,16 @@ def test_cond_hint_for_each_capture_strategy(tmp_path: Path, strategy: str) -> N
 def test_cli_prints_the_cond_hint_and_exits_nonzero(tmp_path: Path) -> None:
     from tests.conftest import run_cli
 
-    proc = run_cli(["model=custom", "model._target_=tests.extension_models.PythonIfNet", X8,
-                    "allowed_target_prefixes=[tests.]", f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
+    proc = run_cli(
+        [
+            "model=custom",
+            "model._target_=tests.extension_models.PythonIfNet",
+            X8,
+            "allowed_target_prefixes=[tests.]",
+            f"hydra.run.dir={tmp_path}/run",
+        ],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 1
     [line] = [ln for ln in proc.stderr.splitlines() if ln.startswith("onnxbuild: error:")]
     assert "[capture]" in line and "torch.cond" in line

@@ -20,7 +20,9 @@ pytest.importorskip("transformers")
 DYNAMIC_TEXT = "dynamic:{0:{name:batch,min:1,max:2},1:{name:sequence,min:1,max:16}}"
 SMALL_TEXT = [
     "input=text_seq",
-    "input.inputs=[{name:input_ids,dtype:int64,shape:[2,8],low:0,high:1000,keyword:true," + DYNAMIC_TEXT + "},"
+    "input.inputs=[{name:input_ids,dtype:int64,shape:[2,8],low:0,high:1000,keyword:true,"
+    + DYNAMIC_TEXT
+    + "},"
     "{name:attention_mask,dtype:int64,shape:[2,8],pattern:padding_mask,keyword:true," + DYNAMIC_TEXT + "}]",
 ]
 
@@ -65,7 +67,9 @@ def test_hf_without_a_model_directory_is_a_model_error(path: str) -> None:
 
 
 def test_remote_code_is_refused(tmp_path: Path) -> None:
-    cfg = compose_config(["model=hf", f"model.kwargs.path={tmp_path}", "+model.kwargs.trust_remote_code=true"])
+    cfg = compose_config(
+        ["model=hf", f"model.kwargs.path={tmp_path}", "+model.kwargs.trust_remote_code=true"]
+    )
     with pytest.raises(ModelError) as info:
         build_model(cfg.model, seed=0)
     assert info.value.key == "model.kwargs.trust_remote_code"
@@ -106,8 +110,11 @@ def test_minilm_sentences_are_tokenized_into_padded_batches() -> None:
 @needs_minilm
 @pytest.mark.slow
 def test_minilm_builds_and_validates_on_tokenized_sentences(tmp_path: Path) -> None:
-    proc = run_cli(["model=minilm", "input=text_seq", f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path,
-                   env={"HF_HUB_OFFLINE": "1"})
+    proc = run_cli(
+        ["model=minilm", "input=text_seq", f"hydra.run.dir={tmp_path}/run"],
+        cwd=tmp_path,
+        env={"HF_HUB_OFFLINE": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     validation = json.loads((tmp_path / "run" / "validation.json").read_text())
     labels = {s["label"]: s for s in validation["input_sets"]}
@@ -123,7 +130,11 @@ def test_minilm_builds_and_validates_on_tokenized_sentences(tmp_path: Path) -> N
 
     from onnxbuild.hf import tokenize
 
-    sentences = ["A man is playing a guitar.", "Someone plays the guitar.", "Stock markets fell sharply today."]
+    sentences = [
+        "A man is playing a guitar.",
+        "Someone plays the guitar.",
+        "Stock markets fell sharply today.",
+    ]
     feed = tokenize("minilm", sentences, max_length=128)
     session = ort.InferenceSession(str(tmp_path / "run" / "model.onnx"), providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]

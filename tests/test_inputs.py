@@ -14,10 +14,17 @@ def spec(*inputs: dict) -> list:
 
 
 def image(batch: int = 2, lo: int = 1, hi: int = 64) -> dict:
-    return {"name": "x", "dtype": "float32", "shape": [batch, 3, 8, 8], "dynamic": {0: {"name": "batch", "min": lo, "max": hi}}}
+    return {
+        "name": "x",
+        "dtype": "float32",
+        "shape": [batch, 3, 8, 8],
+        "dynamic": {0: {"name": "batch", "min": lo, "max": hi}},
+    }
 
 
-@pytest.mark.parametrize(("example", "lo", "expected"), [(1, 1, 2), (0, 0, 2), (2, 1, 2), (5, 1, 5), (1, 3, 3), (100, 1, 2)])
+@pytest.mark.parametrize(
+    ("example", "lo", "expected"), [(1, 1, 2), (0, 0, 2), (2, 1, 2), (5, 1, 5), (1, 3, 3), (100, 1, 2)]
+)
 def test_export_example_is_never_0_or_1(example: int, lo: int, expected: int) -> None:
     assert export_sizes(spec(image(example, lo))) == {"batch": expected}
 
@@ -42,8 +49,18 @@ def test_static_spec_has_one_set() -> None:
 
 
 def test_shared_dim_needs_one_range() -> None:
-    a = {"name": "a", "dtype": "int64", "shape": [2, 8], "dynamic": {0: {"name": "batch", "min": 1, "max": 8}}}
-    b = {"name": "b", "dtype": "int64", "shape": [2, 8], "dynamic": {0: {"name": "batch", "min": 1, "max": 4}}}
+    a = {
+        "name": "a",
+        "dtype": "int64",
+        "shape": [2, 8],
+        "dynamic": {0: {"name": "batch", "min": 1, "max": 8}},
+    }
+    b = {
+        "name": "b",
+        "dtype": "int64",
+        "shape": [2, 8],
+        "dynamic": {0: {"name": "batch", "min": 1, "max": 4}},
+    }
     with pytest.raises(ConfigError, match="declared with ranges"):
         spec(a, b)
 
@@ -52,8 +69,24 @@ def test_shared_dim_needs_one_range() -> None:
     ("bad", "key"),
     [
         ({"name": "x", "dtype": "float99", "shape": [2]}, "input.inputs[0].dtype"),
-        ({"name": "x", "dtype": "float32", "shape": [2], "dynamic": {3: {"name": "b", "min": 1, "max": 4}}}, "input.inputs[0].dynamic.3"),
-        ({"name": "x", "dtype": "float32", "shape": [2], "dynamic": {0: {"name": "b", "min": 5, "max": 4}}}, "input.inputs[0].dynamic.0"),
+        (
+            {
+                "name": "x",
+                "dtype": "float32",
+                "shape": [2],
+                "dynamic": {3: {"name": "b", "min": 1, "max": 4}},
+            },
+            "input.inputs[0].dynamic.3",
+        ),
+        (
+            {
+                "name": "x",
+                "dtype": "float32",
+                "shape": [2],
+                "dynamic": {0: {"name": "b", "min": 5, "max": 4}},
+            },
+            "input.inputs[0].dynamic.0",
+        ),
     ],
 )
 def test_spec_errors_name_the_key(bad: dict, key: str) -> None:

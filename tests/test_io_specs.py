@@ -30,8 +30,12 @@ X8 = "input.inputs=[{name:x,dtype:float32,shape:[2,8],dynamic:{0:{name:batch,min
 
 
 def custom(model: str, *overrides: str) -> list[str]:
-    return ["model=custom", f"model._target_=tests.extension_models.{model}", "allowed_target_prefixes=[tests.]",
-            *overrides]
+    return [
+        "model=custom",
+        f"model._target_=tests.extension_models.{model}",
+        "allowed_target_prefixes=[tests.]",
+        *overrides,
+    ]
 
 
 def test_multi_input_keyword_constant_and_nested_outputs(tmp_path: Path) -> None:
@@ -43,7 +47,10 @@ def test_multi_input_keyword_constant_and_nested_outputs(tmp_path: Path) -> None
     assert dims["tokens"] == ["batch", "seq"] and dims["mask"] == ["batch", "seq"]
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["constants"] == {"scale": 0.5}
-    assert manifest["io"] == {"inputs": ["image", "tokens", "mask"], "outputs": ["pooled", "embedded", "pair.0", "pair.1"]}
+    assert manifest["io"] == {
+        "inputs": ["image", "tokens", "mask"],
+        "outputs": ["pooled", "embedded", "pair.0", "pair.1"],
+    }
     assert result.report["validation"]["passed"]
 
     # The constant is baked in: the graph computes scale=0.5, not the forward's default of 1.0.
@@ -54,7 +61,9 @@ def test_multi_input_keyword_constant_and_nested_outputs(tmp_path: Path) -> None
     image, tokens = torch.randn(3, 3, 8, 8), torch.randint(0, 50, (3, 6))
     mask = torch.ones(3, 6, dtype=torch.int64)
     session = ort.InferenceSession(str(result.model_path), providers=["CPUExecutionProvider"])
-    pooled = session.run(["pooled"], {"image": image.numpy(), "tokens": tokens.numpy(), "mask": mask.numpy()})[0]
+    pooled = session.run(
+        ["pooled"], {"image": image.numpy(), "tokens": tokens.numpy(), "mask": mask.numpy()}
+    )[0]
     expected = model(image, tokens, mask=mask, scale=0.5)["pooled"].detach().numpy()
     np.testing.assert_allclose(pooled, expected, atol=1e-5)
     assert not np.allclose(pooled, model(image, tokens, mask=mask)["pooled"].detach().numpy(), atol=1e-3)
@@ -68,7 +77,9 @@ def test_dataclass_outputs_become_named_onnx_outputs(tmp_path: Path) -> None:
 
 def test_output_named_like_an_input_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
-        run_build(compose_config(custom("DataclassNet", X8, "input.output_names=[x,boxes]")), tmp_path / "run")
+        run_build(
+            compose_config(custom("DataclassNet", X8, "input.output_names=[x,boxes]")), tmp_path / "run"
+        )
     assert info.value.key == "input.output_names" and "x" in info.value.message
 
 
@@ -130,6 +141,10 @@ def test_image_dynamic_hw_builds_with_named_spatial_dims(tmp_path: Path) -> None
     result = run_build(compose_config(["model=tiny_cnn", "input=image_dynamic_hw"]), tmp_path / "run")
     graph = onnx.load(str(result.model_path)).graph
     assert [d.dim_param or d.dim_value for d in graph.input[0].type.tensor_type.shape.dim] == [
-        "batch", 3, "height", "width"]
+        "batch",
+        3,
+        "height",
+        "width",
+    ]
     shapes = [s["input_shapes"]["input"] for s in result.report["validation"]["input_sets"]]
     assert [1, 3, 32, 32] in shapes and [8, 3, 256, 256] in shapes

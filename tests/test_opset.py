@@ -13,8 +13,12 @@ from onnxbuild.opset import _drop_defaulted_unknown_attributes, default_opset
 def reduce_model(noop: int) -> onnx.ModelProto:
     node = helper.make_node("ReduceMean", ["x"], ["y"], axes=[1], keepdims=1)
     node.attribute.append(helper.make_attribute("noop_with_empty_axes", noop))
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 1])])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 1])],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 

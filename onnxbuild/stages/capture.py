@@ -128,7 +128,9 @@ def check_output_names(names: list[str], input_names: list[str]) -> None:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     clashes = sorted(set(names) & set(input_names))
     if duplicates or clashes:
-        what = f"duplicate output names {duplicates}" if duplicates else f"outputs named like inputs {clashes}"
+        what = (
+            f"duplicate output names {duplicates}" if duplicates else f"outputs named like inputs {clashes}"
+        )
         raise ConfigError(
             f"{what} (outputs: {names}; inputs: {input_names})",
             key="input.output_names",

@@ -144,8 +144,12 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact) -> Artifact:
         ) from exc
     opset = default_opset(model)
     if opset != requested:
-        raise StageError(f"the exported graph has opset {opset}, not the requested {requested}", stage=NAME,
-                         key="opset", hint="pick an opset the exporter supports (18 or newer)")
+        raise StageError(
+            f"the exported graph has opset {opset}, not the requested {requested}",
+            stage=NAME,
+            key="opset",
+            hint="pick an opset the exporter supports (18 or newer)",
+        )
     return Artifact(
         path=path,
         digest=file_sha256(path),
