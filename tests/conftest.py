@@ -38,6 +38,7 @@ def run_cli(
 ) -> subprocess.CompletedProcess:
     """Run `python -m onnxbuild` in a subprocess, as a user would."""
     full_env = {**os.environ, **(env or {})}
+    full_env.pop("ONNXBUILD_COMPACT_ERRORS", None)  # set by cli.main() in-process tests
     if not keep_full_error:
         full_env.pop("HYDRA_FULL_ERROR", None)
     full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")

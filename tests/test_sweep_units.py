@@ -357,7 +357,8 @@ def test_aborted_sweep_still_gets_a_summary(tmp_path: Path, monkeypatch: pytest.
     callbacks.reset()
 
 
-def test_main_exit_code_follows_the_summary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+def test_main_exit_code_follows_the_summary(tmp_path: Path, error_env: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch = error_env
     cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
 
     def sweep() -> None:
@@ -373,3 +374,37 @@ def test_main_exit_code_follows_the_summary(tmp_path: Path, monkeypatch: pytest.
     assert exc.value.code == 1
     assert "sweep job 1 failed [convert] no" in capsys.readouterr().err
     callbacks.reset()
+
+
+@pytest.fixture
+def error_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """cli.main() sets HYDRA_FULL_ERROR / ONNXBUILD_COMPACT_ERRORS in os.environ: undo it afterwards."""
+    for name in ("HYDRA_FULL_ERROR", cli.COMPACT_ERRORS_ENV):
+        monkeypatch.setenv(name, "")  # recorded, so teardown restores the original state
+        monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def _raise_internal() -> None:
+    raise RuntimeError("exporter\nexploded")
+
+
+def test_main_prints_an_unexpected_error_on_one_line(error_env: pytest.MonkeyPatch, capsys) -> None:
+    error_env.setattr(cli, "_hydra_main", _raise_internal)
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    assert exc.value.code == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines == [
+        "onnxbuild: error: [internal] RuntimeError: exporter exploded "
+        "(hint: HYDRA_FULL_ERROR=1 prints the traceback)"
+    ]
+
+
+def test_main_raises_the_unexpected_error_when_tracebacks_are_asked_for(
+    error_env: pytest.MonkeyPatch,
+) -> None:
+    error_env.setenv("HYDRA_FULL_ERROR", "1")
+    error_env.setattr(cli, "_hydra_main", _raise_internal)
+    with pytest.raises(RuntimeError, match="exploded"):
+        cli.main()
