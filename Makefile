@@ -6,9 +6,9 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 # `make sweep SWEEP=opsets ARGS="model=tiny_cnn input=image32"`: a conf/sweep preset.
 SWEEP ?= opsets
-# Extras installed by `make setup`: dev tools, the joblib/submitit launchers the sweep tests use,
-# and transformers (hf) for the Hugging Face models and tests.
-EXTRAS ?= dev,cluster,hf
+# Extras installed by `make setup`: dev tools, the joblib/submitit launchers and the Ray launcher
+# the sweep tests use, and transformers (hf) for the Hugging Face models and tests.
+EXTRAS ?= dev,cluster,ray,hf
 
 .PHONY: setup build test test-fast lint bench coverage sweep release clean
 
