@@ -96,11 +96,94 @@ def find_module_file(module: str) -> Path | None:
     return origin
 
 
-def target_identity(target: str) -> dict[str, Any]:
-    """What identifies a model factory's code: its distribution's version and its module's digest.
+MAX_LOCAL_MODULES = 500  # a bound on the import walk; local model code is rarely that big
 
-    Only the module that defines the factory is hashed (not what it imports): code in a pip-installed
-    package is covered by the package version, local code by the module file's digest.
+
+@functools.lru_cache(maxsize=1)
+def _installed_roots() -> tuple[Path, ...]:
+    """Where installed (versioned) code lives: the standard library and site-packages."""
+    import site
+    import sysconfig
+
+    roots = {sysconfig.get_paths()[name] for name in ("stdlib", "platstdlib", "purelib", "platlib")}
+    roots.update(site.getsitepackages())
+    roots.add(site.getusersitepackages())
+    return tuple(Path(r).resolve() for r in roots if r)
+
+
+def _is_local(path: Path) -> bool:
+    """Local code (a checkout, an editable install, PYTHONPATH), not a versioned installed package."""
+    resolved = path.resolve()
+    if any(part in ("site-packages", "dist-packages") for part in resolved.parts):
+        return False
+    return not any(resolved.is_relative_to(root) for root in _installed_roots())
+
+
+def _imported_modules(path: Path, module: str) -> set[str]:
+    """Module names a source file imports (absolute, and relative ones resolved), read by AST."""
+    import ast
+
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, UnicodeDecodeError):
+        return set()
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base_parts = package.split(".") if package else []
+                keep = len(base_parts) - (node.level - 1)
+                if keep < 0:
+                    continue
+                base = ".".join(base_parts[:keep] + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            if base:
+                names.add(base)
+            names.update(f"{base}.{alias.name}" if base else alias.name for alias in node.names)
+    # A submodule's parents run first (their __init__.py is code too).
+    for name in list(names):
+        parts = name.split(".")
+        names.update(".".join(parts[:i]) for i in range(1, len(parts)))
+    return {n for n in names if n}
+
+
+def local_module_digests(module: str) -> dict[str, str]:
+    """sha256 of the module and of every local module it imports, transitively, by module name.
+
+    A factory's own file is not enough: editing a helper it imports (or an editable install whose
+    version does not change) must invalidate the cached capture. Installed packages are left to
+    their versions; nothing is imported or executed here.
+    """
+    digests: dict[str, str] = {}
+    pending = [module, *(".".join(module.split(".")[:i]) for i in range(1, module.count(".") + 1))]
+    seen: set[str] = set()
+    while pending and len(digests) < MAX_LOCAL_MODULES:
+        name = pending.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            path = find_module_file(name)
+        except (ImportError, ValueError):
+            path = None
+        if path is None or not path.is_file() or path.suffix != ".py" or not _is_local(path):
+            continue
+        if name.split(".")[0] == "onnxbuild" and path.resolve().is_relative_to(PACKAGE_DIR):
+            continue  # covered by source_digest()
+        digests[name] = file_sha256(path)
+        pending.extend(sorted(_imported_modules(path, name) - seen))
+    return dict(sorted(digests.items()))
+
+
+def target_identity(target: str) -> dict[str, Any]:
+    """What identifies a model factory's code: its distribution's version and its local sources.
+
+    Installed packages are covered by their version; local code (a checkout, PYTHONPATH, an
+    editable install) by the digests of the factory's module and every local module it imports.
     """
     module = target.rpartition(".")[0]
     top = module.split(".")[0]
@@ -111,9 +194,9 @@ def target_identity(target: str) -> dict[str, Any]:
     if top == "onnxbuild":
         identity["onnxbuild_source"] = source_digest()
         return identity
-    path = find_module_file(module)
-    if path is not None and path.is_file():
-        identity["module_sha256"] = file_sha256(path)
+    local = local_module_digests(module) if module else {}
+    if local:
+        identity["local_modules"] = local
     return identity
 
 

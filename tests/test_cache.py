@@ -271,3 +271,37 @@ def test_cache_cli_shows_size_and_prunes(tmp_path: Path) -> None:
     )
     assert "removed 1 entries" in pruned.stdout and "2 entries" in pruned.stdout
     assert len(cache.entries()) == 2
+
+
+def test_a_local_helper_module_the_factory_imports_changes_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # mypkg/nets.py builds the model; the activation lives in mypkg/layers.py (and util.py, a
+    # top-level module next to the package). Editing either must invalidate capture and validate.
+    package = tmp_path / "mypkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "nets.py").write_text(
+        "import torch\nimport util\nfrom .layers import act\n\n"
+        "def build_net():\n    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 4))\n"
+    )
+    (package / "layers.py").write_text("import torch\nact = torch.relu\n")
+    (tmp_path / "util.py").write_text("SCALE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    overrides = ["model=custom", "model._target_=mypkg.nets.build_net", "model.allowed_prefixes=[mypkg.]"]
+    before = keys(*overrides)
+    (package / "layers.py").write_text("import torch\nact = torch.tanh\n")
+    after_layers = keys(*overrides)
+    (tmp_path / "util.py").write_text("SCALE = 2\n")
+    after_util = keys(*overrides)
+    for stage in ("capture", "validate"):
+        assert len({before[stage], after_layers[stage], after_util[stage]}) == 3, stage
+    assert before["convert"] == after_util["convert"]  # the upstream digest carries the change
+    from onnxbuild.fingerprint import target_identity
+
+    assert sorted(target_identity("mypkg.nets.build_net")["local_modules"]) == [
+        "mypkg",
+        "mypkg.layers",
+        "mypkg.nets",
+        "util",
+    ]
