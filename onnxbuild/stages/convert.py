@@ -70,14 +70,28 @@ def check_dynamic_dims(ctx: BuildContext, model: Any, stage: str) -> dict[str, l
             )
         for index, ddim in spec.dynamic.items():
             actual = dims[spec.name][index]
-            if not isinstance(actual, str) or not actual:
+            # A symbolic dim is a name; the exporter writes a dim it specialized as a number,
+            # sometimes as a dim_param string ("2"), which would otherwise look dynamic.
+            if not isinstance(actual, str) or not actual or actual.strip().lstrip("-").isdigit():
                 raise StageError(
-                    f"dynamic dim '{ddim.name}' of input '{spec.name}' became static ({actual})",
+                    f"dynamic dim '{ddim.name}' ({ddim.min}..{ddim.max}) of input '{spec.name}' "
+                    f"became static ({actual}) in the {stage} graph",
                     stage=stage,
                     key=f"input.inputs.{spec.name}.dynamic",
-                    hint="the graph fixes this size; declare it static or check the model for size-dependent code",
+                    hint=_static_dim_hint(ddim),
                 )
     return dims
+
+
+def _static_dim_hint(ddim: Any) -> str:
+    if ddim.max - ddim.min <= 1:
+        # torch re-traces during decomposition and treats a size guard such as `size > 1` as
+        # narrowing the range: [1, 2] becomes [2, 2] and the size is baked into every Reshape.
+        return (
+            f"a range of two values is narrowed to one by the size guards torch records (e.g. size > 1): "
+            f"widen it (max >= {ddim.min + 2}) or declare the dim static"
+        )
+    return "the graph fixes this size; declare it static or check the model for size-dependent code"
 
 
 def symbol_mapping(ctx: BuildContext, model: Any) -> dict[str, str]:
