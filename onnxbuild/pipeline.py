@@ -578,12 +578,11 @@ def _publish(run_dir: Path, artifact: Artifact | None, failure: BuildError | Non
             os.replace(f, run_dir / f.name)
         tmp_dir.rmdir()
         return target
+    # A copy, never a hard link: the stage file may be shared with the cache and other run dirs,
+    # and editing the published model in place (read-only bits do not stop root) must not touch them.
     tmp = run_dir / f".{name}.tmp"
     tmp.unlink(missing_ok=True)
-    try:
-        os.link(artifact.path, tmp)
-    except OSError:
-        shutil.copyfile(artifact.path, tmp)
+    shutil.copyfile(artifact.path, tmp)
     os.replace(tmp, target)
     return target
 

@@ -134,6 +134,12 @@ def test_rebuild_hits_every_stage_and_gives_identical_outputs(tmp_path: Path) ->
         assert (tmp_path / "b" / "stages" / name).read_bytes() == (
             tmp_path / "a" / "stages" / name
         ).read_bytes()
+    # The published model is a file of its own: editing it in place leaves the cache and run a alone.
+    published = tmp_path / "b" / "model.onnx"
+    assert published.stat().st_nlink == 1
+    with open(published, "r+b") as handle:
+        handle.write(b"\0")
+    assert (tmp_path / "a" / "model.onnx").read_bytes() == (tmp_path / "a" / "stages" / "simplify.onnx").read_bytes()
 
     # Corrupt the cached simplify output (one byte, in place): detected, discarded, rebuilt.
     simplify_key = next(s["cache"]["key"] for s in second.stages if s["name"] == "simplify")
