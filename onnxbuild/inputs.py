@@ -102,9 +102,24 @@ def parse_specs(input_cfg: DictConfig) -> list[InputSpec]:
                     hint="dynamic dims index into `shape`",
                 )
             ddim = DynamicDim(name=dim["name"], min=int(dim["min"]), max=int(dim["max"]))
-            if ddim.min < 0 or ddim.max < ddim.min:
+            if ddim.max < ddim.min:
                 raise ConfigError(
-                    f"invalid range [{ddim.min}, {ddim.max}]", key=dkey, hint="need 0 <= min <= max"
+                    f"invalid range [{ddim.min}, {ddim.max}]", key=dkey, hint="need 1 <= min <= max"
+                )
+            if ddim.min < 1:
+                # Validation runs at min: at size 0 every tensor is empty and nothing is compared.
+                raise ConfigError(
+                    f"dynamic dim '{ddim.name}' has min {ddim.min}: validation at an empty size compares nothing",
+                    key=f"{dkey}.min",
+                    hint="use min >= 1",
+                )
+            example = shape[dim_index]
+            if example >= 2 and not ddim.min <= example <= ddim.max:
+                raise ConfigError(
+                    f"the example size {example} of dynamic dim '{ddim.name}' is outside its range "
+                    f"[{ddim.min}, {ddim.max}]",
+                    key=f"{key}.shape",
+                    hint="put the example inside the range (an example of 1 is moved to max(2, min) for tracing)",
                 )
             if ddim.max < 2:
                 raise ConfigError(

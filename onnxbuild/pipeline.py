@@ -41,6 +41,7 @@ from onnxbuild.fingerprint import (
 from onnxbuild.init import resolve_init_mode
 from onnxbuild.inputs import InputSpec, parse_specs
 from onnxbuild.models import allowed_prefixes, check_checkpoint, resolve_target
+from onnxbuild.validation_checks import check_validation_section
 from onnxbuild.versions import platform_info, tool_versions
 
 if TYPE_CHECKING:
@@ -171,6 +172,8 @@ def preflight(cfg: DictConfig) -> list[InputSpec]:
     check_target(str(cfg.model._target_), allowed_prefixes(cfg.model, list(cfg.allowed_target_prefixes)))
     check_checkpoint(cfg.model)
     resolve_init_mode(cfg.model)
+    if cfg.validation.enabled:
+        check_validation_section(cfg.validation)
     if cfg.get("release") is not None and cfg.release.enabled:
         from onnxbuild.release import check_release
 

@@ -139,7 +139,9 @@ def test_rebuild_hits_every_stage_and_gives_identical_outputs(tmp_path: Path) ->
     assert published.stat().st_nlink == 1
     with open(published, "r+b") as handle:
         handle.write(b"\0")
-    assert (tmp_path / "a" / "model.onnx").read_bytes() == (tmp_path / "a" / "stages" / "simplify.onnx").read_bytes()
+    assert (tmp_path / "a" / "model.onnx").read_bytes() == (
+        tmp_path / "a" / "stages" / "simplify.onnx"
+    ).read_bytes()
 
     # Corrupt the cached simplify output (one byte, in place): detected, discarded, rebuilt.
     simplify_key = next(s["cache"]["key"] for s in second.stages if s["name"] == "simplify")

@@ -23,10 +23,30 @@ def image(batch: int = 2, lo: int = 1, hi: int = 64) -> dict:
 
 
 @pytest.mark.parametrize(
-    ("example", "lo", "expected"), [(1, 1, 2), (0, 0, 2), (2, 1, 2), (5, 1, 5), (1, 3, 3), (100, 1, 2)]
+    ("example", "lo", "expected"), [(1, 1, 2), (0, 1, 2), (2, 1, 2), (5, 1, 5), (1, 3, 3)]
 )
 def test_export_example_is_never_0_or_1(example: int, lo: int, expected: int) -> None:
     assert export_sizes(spec(image(example, lo))) == {"batch": expected}
+
+
+@pytest.mark.parametrize(
+    ("example", "lo", "key", "text"),
+    [
+        (
+            100,
+            1,
+            "input.inputs[0].shape",
+            "example size 100 of dynamic dim 'batch' is outside its range [1, 64]",
+        ),
+        (2, 0, "input.inputs[0].dynamic.0.min", "has min 0"),
+    ],
+)
+def test_example_outside_the_range_or_an_empty_min_is_refused(
+    example: int, lo: int, key: str, text: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        spec(image(example, lo))
+    assert info.value.key == key and text in info.value.message
 
 
 def test_dynamic_dim_with_max_below_2_fails_clearly() -> None:

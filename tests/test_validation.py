@@ -402,3 +402,29 @@ def test_broken_simplification_is_blamed_on_simplify(tmp_path: Path, monkeypatch
     assert diagnosis["stage"] == "simplify"
     assert diagnosis["first_diverging_node"]["op_type"] == "Sigmoid"
     assert "[simplify stage]" in info.value.message and "(Sigmoid)" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "text"),
+    [
+        ("validation.atol=-1", "validation.atol", "finite number >= 0"),
+        ("+validation.outputs.output.rtol=-0.5", "validation.outputs.output.rtol", ">= 0"),
+        ("validation.profiles=[normal,bogus]", "validation.profiles", "unknown value profile(s) ['bogus']"),
+        ("validation.random_ops=bogus", "validation.random_ops", "unknown random_ops policy"),
+        ("validation.samples=/nonexistent/s.npz", "validation.samples", "not found"),
+        ("+validation.outputs.output.bogus=1", "validation.outputs.output", "must be {atol"),
+    ],
+)
+def test_bad_validation_settings_fail_before_any_stage(
+    tmp_path: Path, override: str, key: str, text: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        run_build(compose_config([*TINY, "cache=off", override]), tmp_path / "run")
+    assert info.value.key == key and text in info.value.message
+    assert not (tmp_path / "run" / "stages").exists()  # nothing ran
+
+
+def test_tolerance_for_an_unknown_output_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        build(tmp_path, ["+validation.outputs.nosuch.atol=1e-3"])
+    assert info.value.key == "validation.outputs.nosuch" and "['output']" in info.value.hint

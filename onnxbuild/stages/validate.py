@@ -23,10 +23,10 @@ from onnxbuild.errors import StageError, ValidationFailed
 from onnxbuild.input_sets import branch_coverage_warning, extra_validation_sets
 from onnxbuild.inputs import EDGE_PROFILES, InputSet, split_call, to_numpy_feed, validation_input_sets
 from onnxbuild.stages.capture import first_line
+from onnxbuild.validation_checks import check_output_overrides, check_validation_section
 
 NAME = "validate"
 VERSION = 2
-RANDOM_OPS_POLICIES = ("warn", "fail")
 log = logging.getLogger("onnxbuild")
 
 
@@ -102,23 +102,8 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact) -> Artifact:
 
     from onnxbuild.onnx_utils import load_model
 
+    check_validation_section(section)
     policy = str(section.random_ops)
-    if policy not in RANDOM_OPS_POLICIES:
-        raise StageError(
-            f"unknown random_ops policy '{policy}'",
-            stage=NAME,
-            key="validation.random_ops",
-            hint="warn or fail",
-        )
-    for out_name, override in (section.outputs or {}).items():
-        unknown = set(override or {}) - {"atol", "rtol"} if isinstance(override, DictConfig | dict) else {"?"}
-        if unknown:
-            raise StageError(
-                f"validation.outputs.{out_name} must be {{atol: ..., rtol: ...}}, got {override}",
-                stage=NAME,
-                key=f"validation.outputs.{out_name}",
-                hint="e.g. +validation.outputs.logits.atol=1e-3",
-            )
     io = upstream.info.get("io") or {}
     names = list(io.get("outputs", []))
     graph = upstream.payload if upstream.payload is not None else load_model(upstream.path)
@@ -126,6 +111,7 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact) -> Artifact:
     session = make_session(upstream.path, ctx.cfg.device.name, int(ctx.cfg.device.index))
     onnx_names = [o.name for o in session.get_outputs()]
     names = [names[i] if i < len(names) else onnx_names[i] for i in range(len(onnx_names))]
+    check_output_overrides(section, names)
     model = ctx.model()
     precision = build_precision(model, ctx.specs)
     sets = validation_input_sets(
