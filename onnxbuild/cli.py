@@ -76,7 +76,16 @@ def _task(cfg: DictConfig) -> None:
         from onnxbuild.pipeline import run_build
         from onnxbuild.summary import format_summary
 
-        result = run_build(cfg, run_dir)
+        try:
+            result = run_build(cfg, run_dir)
+        except Exception as exc:
+            from onnxbuild.hydra_errors import as_config_error
+
+            # An OmegaConf error inside the build (a mandatory `???` value left out) is the config's fault.
+            error = None if isinstance(exc, BuildError) else as_config_error(exc)
+            if error is None:
+                raise
+            raise error from exc
     except BuildError as exc:
         status.failed(stage=exc.stage or "preflight", reason=_reason(exc), exit_code=exc.exit_code)
         log.error("build failed: %s", exc.one_line(), extra=FILE_ONLY)
@@ -93,11 +102,13 @@ def _task(cfg: DictConfig) -> None:
         # Not a BuildError: a bug or an environment fault. Keep the traceback in the job's log.
         status.failed(stage="internal", reason=f"{type(exc).__name__}: {exc}", exit_code=1)
         log.error("unexpected failure:\n%s", traceback.format_exc(), extra=FILE_ONLY)
-        if not multirun:
+        if not multirun and _user_wants_tracebacks():
             raise
         message = one_line(f"{type(exc).__name__}: {exc}", limit=300)
         print(f"onnxbuild: error: {where}[internal] {message} (traceback in {run_dir / 'onnxbuild.log'})",
               file=sys.stderr, flush=True)  # fmt: skip
+        if not multirun:
+            sys.exit(1)
         return
     status.ok()
     log.info("%s", format_summary(result.report))

@@ -321,7 +321,11 @@ def open_cache(cfg: DictConfig) -> StageCache | None:
         return None
     from onnxbuild.cache import StageCache
 
-    return StageCache(Path(str(section.root)))
+    root = Path(str(section.root)).expanduser()
+    root.mkdir(parents=True, exist_ok=True)  # an unusable root fails here, before any stage
+    if not os.access(root, os.W_OK):
+        raise PermissionError(f"not writable: {root}")
+    return StageCache(root)
 
 
 def _json_roundtrip(info: dict[str, Any]) -> dict[str, Any]:
@@ -484,8 +488,19 @@ def run_build(cfg: DictConfig, run_dir: Path) -> BuildResult:
     """Run every enabled stage in order; publish model.onnx only when validation passed."""
     started = time.time()
     run_dir.mkdir(parents=True, exist_ok=True)
-    specs = preflight(cfg)
-    cache = open_cache(cfg)
+    try:
+        specs = preflight(cfg)
+    except BuildError as exc:
+        exc.exit_code = ConfigError.exit_code  # found before any work: the configuration's fault
+        raise
+    try:
+        cache = open_cache(cfg)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot use the stage cache directory: {exc}",
+            key="cache.root",
+            hint="point cache.root (or ONNXBUILD_CACHE_DIR) at a writable directory, or use cache=off",
+        ) from exc
     for tries_left in range(2, -1, -1):
         ctx = BuildContext(cfg=cfg, run_dir=run_dir, specs=specs)
         _clear_stage_outputs(run_dir)

@@ -313,3 +313,14 @@ def test_a_local_helper_module_the_factory_imports_changes_the_key(
         "mypkg.nets",
         "util",
     ]
+
+
+def test_an_unusable_cache_root_is_a_config_error_before_any_stage(tmp_path: Path) -> None:
+    from onnxbuild.errors import ConfigError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ConfigError) as info:
+        run_build(compose_config([*TINY, f"cache.root={blocker}/cache"]), tmp_path / "run")
+    assert info.value.key == "cache.root" and info.value.exit_code == 2
+    assert not (tmp_path / "run" / "stages").exists()

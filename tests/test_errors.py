@@ -126,3 +126,12 @@ def test_checkpoint_for_another_architecture(tmp_path: Path) -> None:
     with pytest.raises(ModelError) as info:
         build(tmp_path, f"model.checkpoint={path}")
     assert "does not fit" in info.value.message
+
+
+def test_errors_found_before_any_work_exit_2(tmp_path: Path) -> None:
+    # A missing checkpoint is a ModelError, but found in preflight: the configuration's fault.
+    from onnxbuild.errors import BuildError
+
+    with pytest.raises(BuildError) as info:
+        build(tmp_path, "model=tiny_cnn", f"model.checkpoint={tmp_path}/missing.safetensors")
+    assert info.value.key == "model.checkpoint" and info.value.exit_code == 2

@@ -214,15 +214,37 @@ def test_build_error_in_multirun_and_single_run(tmp_path: Path, monkeypatch: pyt
     assert read_status(tmp_path / "s")["stage"] == "convert"
 
 
-def test_unexpected_exception_still_raises_in_single_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_unexpected_exception_in_single_run_is_one_line_or_the_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
     import onnxbuild.pipeline
 
     monkeypatch.setattr(onnxbuild.pipeline, "run_build", lambda cfg, run_dir: 1 / 0)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    with pytest.raises(SystemExit) as exc:
+        cli._task(_job_cfg(tmp_path, multirun=False))
+    assert exc.value.code == 1
+    assert read_status(tmp_path)["stage"] == "internal"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "[internal] ZeroDivisionError: division by zero (traceback in" in err[0]
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    monkeypatch.delenv(cli.COMPACT_ERRORS_ENV, raising=False)
     with pytest.raises(ZeroDivisionError):
         cli._task(_job_cfg(tmp_path, multirun=False))
-    assert read_status(tmp_path)["stage"] == "internal"
+
+
+def test_a_missing_mandatory_value_is_a_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from omegaconf.errors import MissingMandatoryValue
+
+    import onnxbuild.pipeline
+
+    def missing(cfg, run_dir):
+        raise MissingMandatoryValue("Missing mandatory value: model._target_")
+
+    monkeypatch.setattr(onnxbuild.pipeline, "run_build", missing)
+    with pytest.raises(SystemExit) as exc:
+        cli._task(_job_cfg(tmp_path, multirun=False))
+    assert exc.value.code == 2 and read_status(tmp_path)["stage"] == "preflight"
 
 
 # --- summary from disk ----------------------------------------------------------------------------
