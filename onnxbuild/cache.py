@@ -308,6 +308,28 @@ def parse_size(text: str) -> int:
     return int(text)
 
 
+def _size_arg(text: str) -> int:
+    try:
+        size = parse_size(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 500M, 20G, 1T)") from None
+    if size < 0:
+        raise argparse.ArgumentTypeError(f"a size is >= 0, got {text!r}")
+    return size
+
+
+def _days_arg(text: str) -> float:
+    try:
+        days = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of days: {text!r}") from None
+    if not days >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(
+            f"days are >= 0, got {text!r} (a negative age would remove everything)"
+        )
+    return days
+
+
 def human(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024:
@@ -324,8 +346,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("info", help="entries and size per stage (default)")
     prune = sub.add_parser("prune", help="remove old or least recently used entries")
-    prune.add_argument("--max-size", help="keep at most this much, e.g. 10G (least recently used go first)")
-    prune.add_argument("--older-than", type=float, help="remove entries unused for this many days")
+    prune.add_argument(
+        "--max-size", type=_size_arg, help="keep at most this much, e.g. 10G (least recently used go first)"
+    )
+    prune.add_argument("--older-than", type=_days_arg, help="remove entries unused for this many days")
     sub.add_parser("clear", help="remove every entry")
     args = parser.parse_args(argv)
     cache = StageCache(Path(args.root))
@@ -333,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.max_size is None and args.older_than is None:
             parser.error("prune needs --max-size and/or --older-than")
         removed = cache.prune(
-            max_bytes=parse_size(args.max_size) if args.max_size else None,
+            max_bytes=args.max_size,
             older_than_s=args.older_than * 86400 if args.older_than is not None else None,
         )
         print(f"removed {len(removed)} entries ({human(sum(cache.entry_size(e) for e in removed))})")

@@ -279,6 +279,13 @@ def test_cache_cli_shows_size_and_prunes(tmp_path: Path) -> None:
     )
     assert "removed 1 entries" in pruned.stdout and "2 entries" in pruned.stdout
     assert len(cache.entries()) == 2
+    from onnxbuild.cache import main as cache_main
+
+    for bad in (["--max-size", "20X"], ["--older-than", "-5"]):  # refused, nothing removed
+        with pytest.raises(SystemExit) as exc:
+            cache_main(["--root", str(cache.root), "prune", *bad])
+        assert exc.value.code == 2
+    assert len(cache.entries()) == 2
 
 
 def test_a_local_helper_module_the_factory_imports_changes_the_key(
