@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import importlib
+import re
 import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from onnxbuild.errors import ModelError
+from onnxbuild.errors import BuildError, ModelError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -69,12 +70,41 @@ def check_origin(obj: Any, target: str, prefixes: list[str], key: str) -> None:
         )
 
 
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def plain_text(exc: BaseException, limit: int = 300) -> str:
+    """An exception's text on one line, without terminal colour codes, cut at `limit`."""
+    text = " ".join(ANSI_ESCAPE.sub("", str(exc)).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_download_failure(exc: BaseException) -> bool:
+    import socket
+    import urllib.error
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, urllib.error.URLError | socket.gaierror | ConnectionError | TimeoutError):
+            return True
+        if "urlopen" in str(seen) or "huggingface.co" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def check_checkpoint(model_cfg: DictConfig) -> Path | None:
     """Fail early (before any work) when a configured checkpoint does not exist."""
     ckpt = model_cfg.get("checkpoint")
     if not ckpt:
         return None
     path = Path(str(ckpt)).expanduser()
+    if path.is_dir():
+        raise ModelError(
+            f"checkpoint {path} is a directory, not a file",
+            key="model.checkpoint",
+            hint="name the .safetensors or .pt file itself (a Hugging Face model directory goes in model=hf)",
+        )
     if not path.is_file():
         raise ModelError(
             f"checkpoint file not found: {path}",
@@ -95,14 +125,27 @@ def load_state_dict(path: Path) -> dict[str, Any]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # SafetensorError, OSError: a truncated or foreign file
+            raise ModelError(
+                f"cannot read {path.name} as safetensors: {plain_text(exc)}",
+                key="model.checkpoint",
+                hint="the file is corrupt or not safetensors; re-save it with safetensors.torch.save_file",
+            ) from exc
     import torch
 
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors are many types; all mean "not a plain state_dict"
+        unsafe = "weights only load failed" in str(exc).lower()
+        reason = (
+            "it holds pickled Python objects besides tensors (e.g. a whole model), which are never unpickled"
+            if unsafe
+            else plain_text(exc)
+        )
         raise ModelError(
-            f"cannot load {path.name} with weights_only=True: {str(exc).splitlines()[0]}",
+            f"cannot load {path.name} with weights_only=True: {reason}",
             key="model.checkpoint",
             hint="save a plain state_dict (torch.save(model.state_dict(), path)) or use safetensors",
         ) from exc
@@ -132,6 +175,20 @@ def build_model(model_cfg: DictConfig, seed: int, extra_prefixes: list[str] | No
             key="model.kwargs",
             hint="check model.kwargs against the factory's signature",
         ) from exc
+    except BuildError:
+        raise
+    except Exception as exc:
+        downloading = _is_download_failure(exc)
+        raise ModelError(
+            f"'{model_cfg._target_}' failed to build the model: {type(exc).__name__}: {plain_text(exc)}",
+            key="model.kwargs" if downloading else "model._target_",
+            hint=(
+                "the factory tried to download weights, and builds never download: give the weights as "
+                "model.checkpoint (safetensors or a state_dict) and leave pretrained/weights unset"
+                if downloading
+                else "run the factory by hand to see the full error (or HYDRA_FULL_ERROR=1)"
+            ),
+        ) from exc
     if not isinstance(model, torch.nn.Module):
         raise ModelError(
             f"'{model_cfg._target_}' returned {type(model).__name__}, not a torch.nn.Module",
@@ -144,10 +201,8 @@ def build_model(model_cfg: DictConfig, seed: int, extra_prefixes: list[str] | No
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
-            first = str(exc).splitlines()[0]
-            detail = " ".join(str(exc).split())[:300]
             raise ModelError(
-                f"checkpoint {ckpt.name} does not fit the model: {first} {detail}",
+                f"checkpoint {ckpt.name} does not fit the model: {plain_text(exc, limit=400)}",
                 key="model.checkpoint",
                 hint="the checkpoint must come from the same architecture and model.kwargs",
             ) from exc

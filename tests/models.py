@@ -29,3 +29,13 @@ class HardExit(nn.Module):
         import os
 
         os._exit(9)
+
+
+class Downloading(torch.nn.Module):
+    """Like torchvision's `weights=DEFAULT` offline: the factory fails trying to fetch weights."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import urllib.error
+
+        raise urllib.error.URLError("[Errno -2] Name or service not known")

@@ -117,7 +117,31 @@ def test_pickled_model_checkpoint_is_refused(tmp_path: Path) -> None:
     torch.save(TinyCNN(), path)
     with pytest.raises(ModelError) as info:
         build(tmp_path, f"model.checkpoint={path}")
-    assert "weights_only" in info.value.message
+    assert "weights_only" in info.value.message and "pickled Python objects" in info.value.message
+    assert "\x1b" not in info.value.one_line()
+
+
+def test_corrupt_safetensors_and_a_directory_name_the_checkpoint_key(tmp_path: Path) -> None:
+    path = tmp_path / "broken.safetensors"
+    path.write_bytes(b"\xff" * 64)
+    with pytest.raises(ModelError) as info:
+        build(tmp_path, f"model.checkpoint={path}")
+    assert info.value.key == "model.checkpoint" and "cannot read broken.safetensors" in info.value.message
+    with pytest.raises(ModelError) as info:
+        build(tmp_path, f"model.checkpoint={tmp_path}")
+    assert info.value.key == "model.checkpoint" and "is a directory" in info.value.message
+
+
+def test_a_factory_that_tries_to_download_weights_gets_the_checkpoint_hint(tmp_path: Path) -> None:
+    with pytest.raises(ModelError) as info:
+        build(
+            tmp_path,
+            "model=custom",
+            "model._target_=tests.models.Downloading",
+            "allowed_target_prefixes=[tests.]",
+        )
+    assert info.value.stage == "capture" and info.value.key == "model.kwargs"
+    assert "URLError" in info.value.message and "never download" in info.value.hint
 
 
 def test_checkpoint_for_another_architecture(tmp_path: Path) -> None:
@@ -125,7 +149,8 @@ def test_checkpoint_for_another_architecture(tmp_path: Path) -> None:
     save_file(TinyCNN(width=4).state_dict(), str(path))
     with pytest.raises(ModelError) as info:
         build(tmp_path, f"model.checkpoint={path}")
-    assert "does not fit" in info.value.message
+    assert "does not fit" in info.value.message and "size mismatch" in info.value.message
+    assert info.value.message.count("Error(s) in loading state_dict") == 1
 
 
 def test_errors_found_before_any_work_exit_2(tmp_path: Path) -> None:
