@@ -174,9 +174,10 @@ def preflight(cfg: DictConfig) -> list[InputSpec]:
     resolve_init_mode(cfg.model)
     if cfg.validation.enabled:
         check_validation_section(cfg.validation)
-    if cfg.get("release") is not None and cfg.release.enabled:
-        from onnxbuild.release import check_release
+    from onnxbuild.release import check_release, check_release_command_line
 
+    check_release_command_line()
+    if cfg.get("release") is not None and cfg.release.enabled:
         check_release(cfg)
     return specs
 

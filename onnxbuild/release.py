@@ -33,8 +33,13 @@ def check_release(cfg: DictConfig) -> None:
         ),
         (bool(cfg.validation.enabled), "validation.enabled", "a release is always validated"),
         (
-            bool(cfg.validation.include_example_shape) and bool(cfg.validation.include_odd_shape),
+            bool(cfg.validation.include_example_shape),
             "validation.include_example_shape",
+            "a release is validated at every input set (min, max, example, odd)",
+        ),
+        (
+            bool(cfg.validation.include_odd_shape),
+            "validation.include_odd_shape",
             "a release is validated at every input set (min, max, example, odd)",
         ),
         (
@@ -56,6 +61,37 @@ def check_release(cfg: DictConfig) -> None:
     for ok, key, message in rules:
         if not ok:
             raise ConfigError(message, key=key, hint=HINT)
+
+
+def _command_line() -> tuple[str | None, list[str]] | None:
+    """(the release preset chosen, the task overrides) under Hydra; None elsewhere (compose API)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    return hydra_cfg.runtime.choices.get("release"), list(hydra_cfg.overrides.task)
+
+
+def check_release_command_line() -> None:
+    """What the preset would silently override, or switch off, is refused by name.
+
+    The preset is applied after the config groups, so `cache=on` would pick the group and then
+    lose to the preset without a word; `release.enabled=false` would quietly drop the bundle.
+    """
+    seen = _command_line()
+    if seen is None or seen[0] in (None, "null"):
+        return
+    for override in seen[1]:
+        key = override.lstrip("+~").split("=", 1)[0]
+        if key == "cache":
+            raise ConfigError(
+                "a release is built from scratch: the cache group cannot be chosen", key="cache", hint=HINT
+            )
+        if key == "release.enabled" and override.split("=", 1)[-1].strip().lower() in ("false", "0", "no"):
+            raise ConfigError(
+                "+release=default always writes a release bundle", key="release.enabled", hint=HINT
+            )
 
 
 def bundle_name(cfg: DictConfig, manifest: dict[str, Any]) -> str:

@@ -12,7 +12,7 @@ import pytest
 
 from onnxbuild.errors import ConfigError
 from onnxbuild.pipeline import run_build
-from tests.conftest import TINY, compose_config
+from tests.conftest import TINY, compose_config, run_cli
 
 
 def test_release_preset_settings() -> None:
@@ -28,7 +28,8 @@ def test_release_preset_settings() -> None:
     [
         ("capture.strategy=auto", "capture.strategy"),
         ("validation.enabled=false", "validation.enabled"),
-        ("validation.include_odd_shape=false", "validation.include_example_shape"),
+        ("validation.include_odd_shape=false", "validation.include_odd_shape"),
+        ("validation.include_example_shape=false", "validation.include_example_shape"),
         ("cache.enabled=true", "cache.enabled"),
         ("deterministic=false", "deterministic"),
     ],
@@ -62,3 +63,16 @@ def test_release_bundle(tmp_path: Path) -> None:
             ["sha256sum", "-c", "SHA256SUMS"], cwd=tmp_path / "run", capture_output=True, text=True
         )
         assert run_check.returncode == 0 and "model.onnx: OK" in run_check.stdout
+
+
+@pytest.mark.parametrize(
+    ("override", "key"), [("cache=on", "cache"), ("release.enabled=false", "release.enabled")]
+)
+def test_release_refuses_what_the_preset_would_silently_override(
+    tmp_path: Path, override: str, key: str
+) -> None:
+    proc = run_cli(
+        [*TINY, "+release=default", override, f"release.root={tmp_path / 'release'}"], cwd=tmp_path
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert f"onnxbuild: error: {key}: " in proc.stderr and not (tmp_path / "release").exists()
