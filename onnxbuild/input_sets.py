@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from onnxbuild.errors import ConfigError
 from onnxbuild.inputs import InputSet, InputSpec, export_sizes, make_inputs
+from onnxbuild.schema import InputOverrideConfig
 
 if TYPE_CHECKING:
     import torch
@@ -52,7 +53,22 @@ def named_sets(specs: list[InputSpec], input_cfg: DictConfig, seed: int) -> list
     by_name = {s.name: s for s in specs}
     sets: list[InputSet] = []
     sizes = export_sizes(specs)
+    allowed = {f.name for f in dataclasses.fields(InputOverrideConfig)}
     for index, (set_name, overrides) in enumerate(raw.items()):
+        if not isinstance(overrides, dict) or not all(isinstance(v, dict) for v in overrides.values()):
+            raise ConfigError(
+                f"named set '{set_name}' must map input names to {{low, high}}, got {overrides!r}",
+                key=f"input.named_sets.{set_name}",
+                hint="e.g. +input.named_sets.positive={x:{low:0.1,high:1.0}}",
+            )
+        for input_name, fields in overrides.items():
+            extra = sorted(set(fields) - allowed)
+            if extra:
+                raise ConfigError(
+                    f"unknown key(s) {extra} in named set '{set_name}'",
+                    key=f"input.named_sets.{set_name}.{input_name}",
+                    hint=f"an input's override takes {sorted(allowed)}",
+                )
         unknown = sorted(set(overrides or {}) - set(by_name))
         if unknown:
             raise ConfigError(

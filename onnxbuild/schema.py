@@ -57,7 +57,10 @@ class InputConfig:
     output_names: List[str] = field(default_factory=list)
     # Named validation sets on top of the shape sets: set name -> input name -> value overrides
     # (e.g. inputs that make a torch.cond predicate true, and others that make it false).
-    named_sets: Dict[str, Dict[str, InputOverrideConfig]] = field(default_factory=dict)
+    # Untyped values, like validation.outputs: OmegaConf cannot add a new key holding a dict of
+    # dataclasses from the command line (+input.named_sets.pos={x:{low:0.1}}); the keys of each
+    # override ({low, high}: InputOverrideConfig) are checked when the sets are made.
+    named_sets: Dict[str, Any] = field(default_factory=dict)
     # Real sentences to validate with, tokenized by model.tokenizer (skipped when it is null).
     sentences: List[str] = field(default_factory=list)
 

@@ -125,3 +125,17 @@ def test_generated_values_respect_dtype_and_range() -> None:
     assert str(values["mask"].dtype) == "torch.bool"
     again = make_inputs(specs, {}, seed=0)
     assert (values["ids"] == again["ids"]).all()
+
+
+def test_named_sets_can_be_added_from_the_command_line_and_are_checked() -> None:
+    from onnxbuild.input_sets import named_sets
+    from tests.conftest import TINY, compose_config
+
+    cfg = compose_config([*TINY, "+input.named_sets.positive={input:{low:0.1,high:1.0}}"])
+    [positive] = named_sets(parse_specs(cfg.input), cfg.input, seed=0)
+    values = positive.arrays["input"]
+    assert positive.label == "set:positive" and values.min() >= 0.1 and values.max() <= 1.0
+    cfg = compose_config([*TINY, "+input.named_sets.bad={input:{lo:0.1}}"])
+    with pytest.raises(ConfigError) as info:
+        named_sets(parse_specs(cfg.input), cfg.input, seed=0)
+    assert info.value.key == "input.named_sets.bad.input" and "['lo']" in info.value.message
