@@ -370,7 +370,6 @@ def _stage_loop(ctx: BuildContext, cache: StageCache | None, attempt: _Attempt) 
         if not spec.enabled(cfg):
             attempt.records.append({"name": spec.name, "status": "skipped"})
             continue
-        log.info("stage %s ...", spec.name)
         t0 = time.perf_counter()
         key = stage_key(spec, cfg, upstream) if cache is not None else None
         entry = cache.lookup(key) if cache is not None else None
@@ -380,6 +379,7 @@ def _stage_loop(ctx: BuildContext, cache: StageCache | None, attempt: _Attempt) 
             # error (exit 2, nothing written), not a failure of the stage that happened to run first.
             prepared = True
             attempt.restore = prepare_runtime(cfg)
+        log.info("stage %s ...", spec.name)
         try:
             if entry is None:
                 if upstream_entry is not None:
