@@ -128,6 +128,9 @@ def verify(run_dir: Path, keep: bool = False) -> tuple[bool, list[str]]:
     return ok, lines
 
 
+QUIET_LOGGERS = ("torch", "onnxscript", "onnx_ir")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m onnxbuild.verify", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="an onnxbuild run directory (with manifest.json)")
@@ -137,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s", stream=sys.stderr
     )
+    for noisy in QUIET_LOGGERS:  # as in a build (conf/hydra/job_logging/onnxbuild.yaml)
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     ok, lines = verify(args.run_dir, keep=args.keep)
     print("\n".join(lines), flush=True)
     return 0 if ok else 1
