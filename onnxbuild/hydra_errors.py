@@ -7,12 +7,10 @@ raise instead, and this module turns what it raised into `key: message (hint: ..
 
 from __future__ import annotations
 
+from onnxbuild.choices import SCHEMA_NODE
 from onnxbuild.errors import ConfigError
 
 KEYS_HINT = "`python -m onnxbuild --cfg job` prints every key and its value"
-
-
-SCHEMA_NODE = "schema"  # the ConfigStore schema of each group, not a preset to choose
 
 
 def _first_line(text: str) -> str:

@@ -174,8 +174,10 @@ def preflight(cfg: DictConfig) -> list[InputSpec]:
     resolve_init_mode(cfg.model)
     if cfg.validation.enabled:
         check_validation_section(cfg.validation)
+    from onnxbuild.choices import check_group_choices
     from onnxbuild.release import check_release, check_release_command_line
 
+    check_group_choices()
     check_release_command_line()
     if cfg.get("release") is not None and cfg.release.enabled:
         check_release(cfg)

@@ -137,3 +137,11 @@ def test_failed_validation_exit_code_and_no_model(tmp_path: Path) -> None:
     assert "[validate]" in proc.stderr
     assert not list(tmp_path.glob("outputs/**/model.onnx"))
     assert list(tmp_path.glob("outputs/**/model.FAILED.onnx"))
+
+
+def test_a_groups_schema_node_is_not_a_preset(tmp_path: Path) -> None:
+    proc = run_cli(["model=tiny_cnn", "input=image32", "device=schema"], cwd=tmp_path)
+    assert (
+        proc.returncode == 2
+        and "onnxbuild: error: device: 'schema' is the group's typed schema" in proc.stderr
+    )
