@@ -89,6 +89,16 @@ def run_with_intermediates(
     return dict(zip(names, session.run(None, feed), strict=True))
 
 
+def run_plain(model: onnx.ModelProto, feed: dict[str, np.ndarray], providers: list[Any]) -> list[np.ndarray]:
+    """The graph's outputs, run exactly as deployed (no exposed intermediates)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+    return list(session.run(None, feed))
+
+
 def _metadata(node: onnx.NodeProto) -> dict[str, str]:
     return {p.key: p.value for p in node.metadata_props}
 
@@ -186,12 +196,40 @@ def fx_intermediates(
     return values, nodes
 
 
+def _max_abs(reference: list[np.ndarray], outputs: list[Any]) -> float | None:
+    """The largest |difference| over all outputs (None when they cannot be compared)."""
+    worst = 0.0
+    for ref, out in zip(reference, outputs, strict=False):
+        array = out if isinstance(out, np.ndarray) else _to_numpy(out)
+        if array is None or np.shape(array) != np.shape(ref):
+            return None
+        if np.size(ref):
+            diff = np.abs(np.asarray(array, dtype=np.float64) - np.asarray(ref, dtype=np.float64))
+            worst = max(worst, float(np.nanmax(diff)) if np.isfinite(diff).any() else float("inf"))
+    return worst
+
+
 def _outputs_match(reference: list[np.ndarray], outputs: list[Any], atol: float, rtol: float) -> bool:
     for ref, out in zip(reference, outputs, strict=False):
         array = out if isinstance(out, np.ndarray) else _to_numpy(out)
         if array is None or value_error(np.asarray(ref), np.asarray(array), atol, rtol) is not None:
             return False
     return len(reference) == len(outputs)
+
+
+# A stage is blamed when its artifact alone already shows this share of the final error (or fails
+# the tolerance): a mismatch is where the error appears, not where it last crosses the line.
+BLAME_SHARE = 0.5
+
+
+def _blamed_stage(order: list[str], errors: dict[str, float | None], matches: dict[str, bool]) -> str | None:
+    final = errors.get(order[-1]) if order else None
+    for name in order:
+        if not matches[name]:
+            return name
+        if final and errors.get(name) is not None and errors[name] >= BLAME_SHARE * final:
+            return name
+    return None
 
 
 def localize(
@@ -206,7 +244,12 @@ def localize(
     rtol: float,
     providers: list[Any],
 ) -> dict[str, Any]:
-    """Find the stage, then the first node, where the failing input set starts to differ."""
+    """Find the stage, then the first node, where the failing input set starts to differ.
+
+    Every stage's artifact is run on the failing inputs as it is (ONNX graphs without exposed
+    intermediates: exposing them changes what onnxruntime fuses, and so the rounding); the blamed
+    stage is the first whose error fails the tolerance or already reaches half the final error.
+    """
     import torch
     from torch.utils._pytree import tree_flatten
 
@@ -215,34 +258,57 @@ def localize(
     stage_dir = ctx.run_dir / "stages"
     programs = [(name, stage_dir / f"{name}.pt2") for name in ("capture", "fx_optimize")]
     programs = [(name, path) for name, path in programs if path.is_file()]
-    last_ep = None
+    errors: dict[str, float | None] = {}  # max abs error of each stage's artifact on this input
+    matches: dict[str, bool] = {}
     for name, path in programs:
         ep = torch.export.load(str(path))
         with torch.no_grad():
             outputs = tree_flatten(ep.module()(*args, **kwargs))[0]
-        if not _outputs_match(reference, outputs, atol, rtol):
-            why = (
-                "the graph captured by torch.export already differs from eager PyTorch: Python-side state, "
-                "randomness or data-dependent behaviour was fixed at trace time"
-                if name == "capture"
-                else "the FX optimizations changed the numbers"
-            )
-            hint = (
-                "make forward a pure function of its inputs"
-                if name == "capture"
-                else "set optimization.fx.enabled=false (or disable the pass) and report the model"
-            )
-            return {"stage": name, "summary": why, "hint": hint}
-        last_ep = path
+        errors[name] = _max_abs(reference, outputs)
+        matches[name] = _outputs_match(reference, outputs, atol, rtol)
+    last_ep = programs[-1][1] if programs else None
     convert_path = stage_dir / "convert.onnx"
     if not convert_path.is_file():
         return {"stage": None, "summary": "no stage artifacts to localize the mismatch"}
     convert_model = load_model(convert_path)
+    convert_outputs = run_plain(convert_model, feed, providers)
+    errors["convert"] = _max_abs(reference, convert_outputs)
+    matches["convert"] = _outputs_match(reference, convert_outputs, atol, rtol)
+    final = None
+    if onnx_path.resolve() != convert_path.resolve():
+        final = load_model(onnx_path)
+        final_outputs = run_plain(final, feed, providers)
+        errors["simplify"] = _max_abs(reference, final_outputs)
+        matches["simplify"] = _outputs_match(reference, final_outputs, atol, rtol)
+    order = list(errors)
+    stage = _blamed_stage(order, errors, matches)
+    if stage is None:
+        return {
+            "stage": None,
+            "stage_errors": errors,
+            "summary": "every stage matches on a second run (non-deterministic?)",
+        }
+    if stage in ("capture", "fx_optimize"):
+        why = (
+            "the graph captured by torch.export already differs from eager PyTorch: Python-side state, "
+            "randomness or data-dependent behaviour was fixed at trace time"
+            if stage == "capture"
+            else "the FX optimizations changed the numbers"
+        )
+        hint = (
+            "make forward a pure function of its inputs"
+            if stage == "capture"
+            else "set optimization.fx.enabled=false (or disable the pass) and report the model"
+        )
+        return {"stage": stage, "summary": why, "hint": hint, "stage_errors": errors}
     convert_values = run_with_intermediates(convert_model, feed, providers)
-    convert_outputs = [convert_values[o.name] for o in convert_model.graph.output]
-    if not _outputs_match(reference, convert_outputs, atol, rtol):
+    if stage == "convert":
         if last_ep is None:
-            return {"stage": "convert", "summary": "the ONNX graph differs; no FX graph to compare with"}
+            return {
+                "stage": "convert",
+                "stage_errors": errors,
+                "summary": "the ONNX graph differs; no FX graph to compare with",
+            }
         ep = torch.export.load(str(last_ep))
         try:
             ep = _decomposed_program(ep)
@@ -255,17 +321,16 @@ def localize(
         found = first_divergence(convert_model, convert_values, fx_values, atol, rtol, fx_nodes)
         return {
             "stage": "convert",
+            "stage_errors": errors,
             "summary": "the ONNX translation differs from the FX graph",
             "hint": "an op is translated wrongly; a custom translation for the op named here can fix it",
             "first_diverging_node": found,
         }
-    if onnx_path.resolve() == convert_path.resolve():
-        return {"stage": None, "summary": "the convert graph matches on a second run (non-deterministic?)"}
-    final = load_model(onnx_path)
     final_values = run_with_intermediates(final, feed, providers, wanted=set(convert_values))
     found = first_divergence(final, final_values, convert_values, atol, rtol)
     return {
         "stage": "simplify",
+        "stage_errors": errors,
         "summary": "the convert graph matches eager PyTorch; the simplification changed the numbers",
         "hint": "set optimization.simplify.onnxsim=false or optimization.simplify.onnxscript_optimizer=false",
         "first_diverging_node": found,
@@ -284,7 +349,17 @@ def describe(diagnosis: dict[str, Any]) -> str:
             if node.get("max_abs") is not None
             else f": {node['reason']}"
         )
-        return f"first diverging node: '{node['onnx_node']}' ({node['op_type']}){fx}{module}{err} [{stage} stage]"
+        return (
+            f"first diverging node: '{node['onnx_node']}' ({node['op_type']}){fx}{module}{err} "
+            f"[{stage} stage]{_errors_text(diagnosis)}"
+        )
     if stage:
-        return f"mismatch introduced at the {stage} stage: {diagnosis['summary']}"
+        return f"mismatch introduced at the {stage} stage: {diagnosis['summary']}{_errors_text(diagnosis)}"
     return diagnosis.get("summary", "")
+
+
+def _errors_text(diagnosis: dict[str, Any]) -> str:
+    errors = {k: v for k, v in (diagnosis.get("stage_errors") or {}).items() if v is not None}
+    if not errors:
+        return ""
+    return " (max abs error by stage: " + ", ".join(f"{k} {v:.2g}" for k, v in errors.items()) + ")"

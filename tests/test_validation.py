@@ -428,3 +428,41 @@ def test_tolerance_for_an_unknown_output_is_a_config_error(tmp_path: Path) -> No
     with pytest.raises(ConfigError) as info:
         build(tmp_path, ["+validation.outputs.nosuch.atol=1e-3"])
     assert info.value.key == "validation.outputs.nosuch" and "['output']" in info.value.hint
+
+
+@pytest.mark.parametrize(
+    ("errors", "matches", "blamed"),
+    [
+        # inception_v3: BatchNorm folding moved the output by 2.6e-4 and later stages barely added to
+        # it, but the element-wise check only tipped over at simplify: blame where the error appears.
+        (
+            {"capture": 0.0, "fx_optimize": 2.6e-4, "convert": 2.7e-4, "simplify": 2.7e-4},
+            {"capture": True, "fx_optimize": True, "convert": True, "simplify": False},
+            "fx_optimize",
+        ),
+        (  # a wrong translation: the error jumps at convert
+            {"capture": 0.0, "fx_optimize": 1e-7, "convert": 0.8, "simplify": 0.8},
+            {"capture": True, "fx_optimize": True, "convert": False, "simplify": False},
+            "convert",
+        ),
+        (  # a broken simplification
+            {"capture": 0.0, "fx_optimize": 1e-7, "convert": 2e-7, "simplify": 0.5},
+            {"capture": True, "fx_optimize": True, "convert": True, "simplify": False},
+            "simplify",
+        ),
+        ({"capture": 0.0, "convert": 0.0}, {"capture": True, "convert": True}, None),
+    ],
+)
+def test_the_blamed_stage_is_where_the_error_appears(errors: dict, matches: dict, blamed: str | None) -> None:
+    from onnxbuild.diagnose import _blamed_stage
+
+    assert _blamed_stage(list(errors), errors, matches) == blamed
+
+
+def test_a_mismatch_at_rounding_level_says_so() -> None:
+    from onnxbuild.stages.validate import rounding_clause
+
+    rounding = {"max_abs": 2.65e-4, "reference_max_abs": 6.13, "dtype": "float32"}
+    assert "4.3e-05 of the output's scale" in rounding_clause(rounding)
+    assert rounding_clause({**rounding, "max_abs": 0.8}) == ""  # a real mismatch
+    assert rounding_clause({**rounding, "dtype": "int64"}) == ""

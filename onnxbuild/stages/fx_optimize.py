@@ -67,11 +67,14 @@ def fold_batchnorm(ep: ExportedProgram) -> int:
             continue
         state = ep.state_dict
         with torch.no_grad():
+            # In float64, rounded once at the end: the folded weights are as close to
+            # conv-then-BN as the weight dtype allows (a deep net amplifies every rounding).
             w = state[keys["w"]]
-            scale = state[keys["gamma"]] / torch.sqrt(state[keys["var"]] + eps)
-            b = state[conv_bias_key] if conv_bias_key else torch.zeros_like(state[keys["mean"]])
-            new_w = w * scale.reshape(-1, *([1] * (w.dim() - 1)))
-            new_b = (b - state[keys["mean"]]) * scale + state[keys["beta"]]
+            f64 = {name: state[key].double() for name, key in keys.items() if name != "w"}
+            scale = f64["gamma"] / torch.sqrt(f64["var"] + eps)
+            b = state[conv_bias_key].double() if conv_bias_key else torch.zeros_like(f64["mean"])
+            new_w = w.double() * scale.reshape(-1, *([1] * (w.dim() - 1)))
+            new_b = (b - f64["mean"]) * scale + f64["beta"]
         state[keys["w"]] = torch.nn.Parameter(new_w.to(w.dtype), requires_grad=False)
         state[keys["beta"]] = torch.nn.Parameter(new_b.to(w.dtype), requires_grad=False)
         args = list(conv.args) + [None] * max(0, 3 - len(conv.args))
