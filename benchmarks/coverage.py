@@ -193,7 +193,16 @@ def row_from_run(job: Job, run_dir: Path, proc: subprocess.CompletedProcess | No
 def run_job(job: Job, runs_root: Path, timeout: int, wall_factor: int = 6) -> Row:
     run_dir = runs_root / job.model
     shutil.rmtree(run_dir, ignore_errors=True)
-    cmd = [sys.executable, "-m", "onnxbuild", *job.overrides, "opset=18", f"hydra.run.dir={run_dir}"]
+    # cache=off: every model is built once, and 90 cached models would fill a disk (60 GB here).
+    cmd = [
+        sys.executable,
+        "-m",
+        "onnxbuild",
+        *job.overrides,
+        "opset=18",
+        "cache=off",
+        f"hydra.run.dir={run_dir}",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     env["HF_HUB_OFFLINE"] = "1"
     env.pop("HYDRA_FULL_ERROR", None)

@@ -74,6 +74,8 @@ def run_with_intermediates(
     import onnx
     import onnxruntime as ort
 
+    from onnxbuild.onnx_utils import inference_session
+
     exposed = onnx.ModelProto()
     exposed.CopyFrom(model)
     existing = {o.name for o in exposed.graph.output}
@@ -84,7 +86,7 @@ def run_with_intermediates(
                 existing.add(name)
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(exposed.SerializeToString(), options, providers=providers)
+    session = inference_session(exposed, options, providers)
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(None, feed), strict=True))
 
@@ -93,9 +95,11 @@ def run_plain(model: onnx.ModelProto, feed: dict[str, np.ndarray], providers: li
     """The graph's outputs, run exactly as deployed (no exposed intermediates)."""
     import onnxruntime as ort
 
+    from onnxbuild.onnx_utils import inference_session
+
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+    session = inference_session(model, options, providers)
     return list(session.run(None, feed))
 
 

@@ -98,12 +98,36 @@ def input_dims(model: onnx.ModelProto) -> dict[str, list[int | str]]:
     return dims
 
 
+def is_large(model: onnx.ModelProto) -> bool:
+    """Too big for one protobuf (2 GiB): ByteSize() itself fails past the limit."""
+    from google.protobuf.message import EncodeError
+
+    try:
+        return model.ByteSize() >= EXTERNAL_DATA_THRESHOLD
+    except (EncodeError, ValueError, OverflowError):
+        return True
+
+
+def inference_session(model: onnx.ModelProto, options: Any, providers: list[Any]) -> Any:
+    """An onnxruntime session for an in-memory model, also one past the protobuf limit."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    if not is_large(model):
+        return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+    with tempfile.TemporaryDirectory(prefix="onnxbuild-session-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        save_model(model, path)
+        return ort.InferenceSession(str(path), options, providers=providers)  # weights read at load
+
+
 def save_model(model: onnx.ModelProto, path: Path) -> list[Path]:
     """Save next to its external data file when too large for one protobuf; return files written."""
     import onnx
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    if model.ByteSize() < EXTERNAL_DATA_THRESHOLD:
+    if not is_large(model):
         path.write_bytes(model.SerializeToString(deterministic=True))
         return [path]
     data_name = path.name + ".data"

@@ -7,7 +7,7 @@ from omegaconf import DictConfig
 from onnxbuild.artifacts import file_sha256
 from onnxbuild.context import Artifact, BuildContext
 from onnxbuild.errors import StageError
-from onnxbuild.onnx_utils import canonicalize, load_model, node_count, op_counts, save_model
+from onnxbuild.onnx_utils import canonicalize, is_large, load_model, node_count, op_counts, save_model
 from onnxbuild.stages.capture import first_line
 from onnxbuild.stages.convert import check_dynamic_dims
 
@@ -34,7 +34,11 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact) -> Artifact:
                 hint="set it to false",
             ) from exc
         steps["after_onnxscript_optimizer"] = node_count(model)
-    if section.onnxsim:
+    if section.onnxsim and is_large(model):
+        # onnxsim serializes the whole model into one protobuf, which cannot exceed 2 GiB.
+        ctx.warn("onnxsim skipped: the model is over the 2 GiB protobuf limit (onnxsim cannot load it)")
+        steps["onnxsim_skipped_large_model"] = 1
+    elif section.onnxsim:
         import onnxsim
 
         try:
