@@ -29,6 +29,16 @@ def _group(missing_cfg_file: str | None) -> str | None:
     return missing_cfg_file.rpartition("/")[0]
 
 
+def _raised_by_hydra(exc: BaseException) -> bool:
+    """Whether the innermost frame of the exception is inside Hydra (not the build or the model)."""
+    tb = exc.__traceback__
+    last = None
+    while tb is not None:
+        last = tb.tb_frame.f_code.co_filename
+        tb = tb.tb_next
+    return last is not None and "/hydra/" in last.replace("\\", "/")
+
+
 def as_config_error(exc: BaseException) -> ConfigError | None:
     """The ConfigError for a Hydra / OmegaConf composition error; None for anything else."""
     from hydra.errors import HydraException, MissingConfigException, OverrideParseException
@@ -48,6 +58,13 @@ def as_config_error(exc: BaseException) -> ConfigError | None:
     if isinstance(exc, OverrideParseException):
         return ConfigError(
             f"cannot parse the override: {_parse_error(str(exc))}",
+            key=None,
+            hint="write key=value (quote values with brackets, commas or spaces: 'key=[1,2]')",
+        )
+    if isinstance(exc, ValueError) and _raised_by_hydra(exc) and "override" in str(exc).lower():
+        # e.g. `=5`: Hydra's override handling raises a plain ValueError.
+        return ConfigError(
+            f"cannot apply the override: {_first_line(str(exc))}",
             key=None,
             hint="write key=value (quote values with brackets, commas or spaces: 'key=[1,2]')",
         )

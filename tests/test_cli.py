@@ -106,6 +106,7 @@ def test_cuda_without_cuda_is_one_line(tmp_path: Path) -> None:
         ("opset=abc", "opset: Value 'abc'"),
         ("model=nope", "model: Could not find 'model/nope' (hint: choose one of: bert_tiny,"),
         ("+foo", "cannot parse the override: Error parsing override '+foo': missing EQUAL"),
+        ("=5", "cannot apply the override: Config group override must be a string or a list"),
     ],
 )
 def test_hydra_composition_errors_are_one_line_with_the_key(

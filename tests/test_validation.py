@@ -466,3 +466,21 @@ def test_a_mismatch_at_rounding_level_says_so() -> None:
     assert "4.3e-05 of the output's scale" in rounding_clause(rounding)
     assert rounding_clause({**rounding, "max_abs": 0.8}) == ""  # a real mismatch
     assert rounding_clause({**rounding, "dtype": "int64"}) == ""
+
+
+def test_the_summary_table_never_cuts_set_labels_or_output_names() -> None:
+    from onnxbuild.stages.validate import summary_table
+
+    stats = {"passed": True, "max_abs": 1e-7, "max_rel": 1e-6, "p99_abs": 1e-7, "atol": 1e-4, "rtol": 1e-3}
+    report = {
+        "input_sets": [
+            {
+                "label": "min/zeros",
+                "sizes": {"batch": 1, "sequence": 1},
+                "outputs": {"last_hidden_state": stats, "sentence_embedding": stats},
+            }
+        ]
+    }
+    header, first, second = summary_table(report)
+    assert first.startswith("min/zeros batch=1,sequence=1 last_hidden_state ")
+    assert second.split()[:3] == ["min/zeros", "batch=1,sequence=1", "sentence_embedding"]

@@ -402,22 +402,31 @@ def _set_label(item: dict[str, Any]) -> str:
 
 
 def summary_table(report: dict[str, Any]) -> list[str]:
-    """Human table: one row per input set x output, with the verdict and the tolerance that would pass."""
-    header = f"{'input set':<24} {'output':<16} {'max_abs':>9} {'max_rel':>9} {'p99_abs':>9} {'atol':>8} {'rtol':>8} {'min_atol':>9}  verdict"
+    """Human table: one row per input set x output, with the verdict and the tolerance that would pass.
+
+    Columns are as wide as the longest set label and output name: nothing is cut.
+    """
+    rows = [(item, name, o) for item in report["input_sets"] for name, o in item["outputs"].items()]
+    set_width = max([len("input set"), *(len(_set_label(item)) for item, _, _ in rows)])
+    name_width = max([len("output"), *(len(name) for _, name, _ in rows)])
+    header = (
+        f"{'input set':<{set_width}} {'output':<{name_width}} {'max_abs':>9} {'max_rel':>9} {'p99_abs':>9} "
+        f"{'atol':>8} {'rtol':>8} {'min_atol':>9}  verdict"
+    )
     lines = [header]
     weak = report.get("weak_outputs") or {}
-    for item in report["input_sets"]:
-        for name, o in item["outputs"].items():
-            if o["passed"] is None:
-                verdict = "non-deterministic"
-            else:
-                verdict = "ok" if o["passed"] else f"FAIL ({o.get('reason')})"
-                if o.get("edge_warning"):
-                    verdict = "warn (edge profile)"
-                if o["passed"] and name in weak:
-                    verdict = "ok (weak)"
-            lines.append(
-                f"{_set_label(item)[:24]:<24} {name[:16]:<16} {_fmt(o.get('max_abs')):>9} {_fmt(o.get('max_rel')):>9} "
-                f"{_fmt(o.get('p99_abs')):>9} {o['atol']:>8.0e} {o['rtol']:>8.0e} {_fmt(o.get('min_atol_to_pass')):>9}  {verdict}"
-            )
+    for item, name, o in rows:
+        if o["passed"] is None:
+            verdict = "non-deterministic"
+        else:
+            verdict = "ok" if o["passed"] else f"FAIL ({o.get('reason')})"
+            if o.get("edge_warning"):
+                verdict = "warn (edge profile)"
+            if o["passed"] and name in weak:
+                verdict = "ok (weak)"
+        lines.append(
+            f"{_set_label(item):<{set_width}} {name:<{name_width}} {_fmt(o.get('max_abs')):>9} "
+            f"{_fmt(o.get('max_rel')):>9} {_fmt(o.get('p99_abs')):>9} {o['atol']:>8.0e} {o['rtol']:>8.0e} "
+            f"{_fmt(o.get('min_atol_to_pass')):>9}  {verdict}"
+        )
     return lines
