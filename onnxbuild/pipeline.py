@@ -328,6 +328,16 @@ def open_cache(cfg: DictConfig) -> StageCache | None:
     root.mkdir(parents=True, exist_ok=True)  # an unusable root fails here, before any stage
     if not os.access(root, os.W_OK):
         raise PermissionError(f"not writable: {root}")
+    max_size = section.get("max_size")
+    if max_size:
+        from onnxbuild.cache import parse_size
+
+        try:
+            parse_size(str(max_size))
+        except ValueError:
+            raise ConfigError(
+                f"not a size: {max_size!r}", key="cache.max_size", hint="e.g. 500M, 20G, or null for no limit"
+            ) from None
     return StageCache(root)
 
 
@@ -531,6 +541,8 @@ def run_build(cfg: DictConfig, run_dir: Path) -> BuildResult:
         bundle = write_bundle(cfg, run_dir, manifest)
     report = build_report(cfg, ctx, run_dir, stage_records, started, failure, model_path)
     report["cache"] = _cache_summary(cache, stage_records)
+    if cache is not None and report["cache"]["computed"]:
+        report["cache"]["pruned"] = _prune_cache(cache, cfg.cache.get("max_size"))
     report["release_bundle"] = str(bundle.resolve()) if bundle else None
     write_json_atomic(run_dir / "report.json", report)
     write_json_atomic(run_dir / "manifest.json", manifest)
@@ -540,6 +552,21 @@ def run_build(cfg: DictConfig, run_dir: Path) -> BuildResult:
     return BuildResult(
         run_dir=run_dir, model_path=model_path, manifest=manifest, report=report, stages=stage_records
     )
+
+
+def _prune_cache(cache: StageCache, max_size: str | None) -> int:
+    """Keep the cache under cache.max_size after a build that stored new entries (LRU first).
+
+    Files already linked into run dirs stay valid there (hard links); only the entries go.
+    """
+    if not max_size:
+        return 0
+    from onnxbuild.cache import parse_size
+
+    removed = cache.prune(max_bytes=parse_size(str(max_size)))
+    if removed:
+        log.info("cache: pruned %d least recently used entries (cache.max_size=%s)", len(removed), max_size)
+    return len(removed)
 
 
 def _check_published(manifest: dict[str, Any], model_path: Path | None, attempt: _Attempt) -> None:

@@ -191,6 +191,9 @@ class CacheConfig:
     name: str = "on"
     enabled: bool = True
     root: str = "outputs/.cache"
+    # After a build that stored new entries, least recently used ones go until the cache fits
+    # (e.g. 20G; null: no limit). A 90-model coverage run leaves some 60 GB otherwise.
+    max_size: Optional[str] = "20G"
 
 
 @dataclass

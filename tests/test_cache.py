@@ -331,3 +331,20 @@ def test_an_unusable_cache_root_is_a_config_error_before_any_stage(tmp_path: Pat
         run_build(compose_config([*TINY, f"cache.root={blocker}/cache"]), tmp_path / "run")
     assert info.value.key == "cache.root" and info.value.exit_code == 2
     assert not (tmp_path / "run" / "stages").exists()
+
+
+def test_cache_max_size_prunes_after_a_build_and_run_dirs_keep_their_files(tmp_path: Path) -> None:
+    from onnxbuild.errors import ConfigError
+
+    cfg = compose_config([*TINY, f"cache.root={tmp_path / 'cache'}", "cache.max_size=1K"])
+    result = run_build(cfg, tmp_path / "a")
+    assert result.report["cache"]["pruned"] >= 4  # every entry is bigger than 1 KiB
+    assert len(StageCache(tmp_path / "cache").entries()) <= 1
+    assert (tmp_path / "a" / "stages" / "convert.onnx").is_file() and (
+        tmp_path / "a" / "model.onnx"
+    ).is_file()
+    with pytest.raises(ConfigError) as info:
+        run_build(
+            compose_config([*TINY, f"cache.root={tmp_path / 'cache'}", "cache.max_size=lots"]), tmp_path / "b"
+        )
+    assert info.value.key == "cache.max_size"
