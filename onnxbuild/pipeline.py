@@ -71,6 +71,8 @@ class StageSpec:
     outputs: Callable[[Artifact, BuildContext], list[Path]] = _default_outputs
     # The stage checks its upstream and hands it on unchanged (validate).
     passthrough: bool = False
+    # Its result is reusable (timings are not: benchmark always runs).
+    cacheable: bool = True
 
 
 MODEL_TOOLS = ("torch", "torchvision", "transformers", "safetensors", "numpy")
@@ -119,9 +121,17 @@ STAGES: tuple[StageSpec, ...] = (
         outputs=lambda artifact, ctx: [ctx.run_dir / "validation.json"],
         passthrough=True,
     ),
+    StageSpec(
+        "benchmark",
+        "onnxbuild.stages.benchmark",
+        lambda cfg: cfg.benchmark,
+        lambda cfg: bool(cfg.benchmark.enabled),
+        passthrough=True,
+        cacheable=False,
+    ),
 )
 # Config sections that change how a build runs but never what it produces: not in the manifest.
-NON_DEFINING_KEYS = ("cache",)
+NON_DEFINING_KEYS = ("cache", "benchmark")
 
 MODEL_FILE = "model.onnx"
 FAILED_MODEL_FILE = "model.FAILED.onnx"
@@ -174,6 +184,10 @@ def preflight(cfg: DictConfig) -> list[InputSpec]:
     resolve_init_mode(cfg.model)
     if cfg.validation.enabled:
         check_validation_section(cfg.validation)
+    if cfg.benchmark.enabled:
+        from onnxbuild.stages.benchmark import check_section
+
+        check_section(cfg.benchmark)
     from onnxbuild.choices import check_group_choices
     from onnxbuild.release import check_release, check_release_command_line
 
@@ -383,8 +397,8 @@ def _stage_loop(ctx: BuildContext, cache: StageCache | None, attempt: _Attempt) 
             attempt.records.append({"name": spec.name, "status": "skipped"})
             continue
         t0 = time.perf_counter()
-        key = stage_key(spec, cfg, upstream) if cache is not None else None
-        entry = cache.lookup(key) if cache is not None else None
+        key = stage_key(spec, cfg, upstream) if cache is not None and spec.cacheable else None
+        entry = cache.lookup(key) if cache is not None and key is not None else None
         status = "cached"
         if entry is None and not prepared:
             # Outside the stage's error handling: a bad device or translation entry is a config
@@ -495,6 +509,7 @@ def _clear_stage_outputs(run_dir: Path) -> None:
     written through, so a stage always writes a fresh file."""
     shutil.rmtree(run_dir / "stages", ignore_errors=True)
     (run_dir / "validation.json").unlink(missing_ok=True)
+    (run_dir / "benchmark.json").unlink(missing_ok=True)
 
 
 def run_build(cfg: DictConfig, run_dir: Path) -> BuildResult:
@@ -717,6 +732,7 @@ def build_report(
         },
         "constants": ctx.facts.get("constants", {}),
         "model_init": (ctx.facts.get("model_init") or {}).get("mode"),
+        "benchmark": ctx.facts.get("benchmark"),
     }
 
 

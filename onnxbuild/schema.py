@@ -205,6 +205,21 @@ class ReleaseConfig:
 
 
 @dataclass
+class BenchmarkConfig:
+    """Optional latency measurement of the validated model (onnxbuild/stages/benchmark.py)."""
+
+    enabled: bool = False
+    # Shape sets to time: example (the export example), min, max, odd (as in validation).
+    shapes: List[str] = field(default_factory=lambda: ["example", "max"])
+    warmup: int = 5
+    iterations: int = 30
+    # onnxruntime intra-op threads; null: onnxruntime's default (all cores).
+    threads: Optional[int] = None
+    # Also time eager PyTorch on the same inputs (speed-up figure).
+    eager: bool = True
+
+
+@dataclass
 class BuildConfig:
     model: ModelConfig = MISSING
     input: InputConfig = MISSING
@@ -219,6 +234,7 @@ class BuildConfig:
     allowed_target_prefixes: List[str] = field(default_factory=list)
     cache: CacheConfig = field(default_factory=CacheConfig)
     release: ReleaseConfig = field(default_factory=ReleaseConfig)
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     # torch.use_deterministic_algorithms(True) for every stage that runs torch.
     deterministic: bool = False
 

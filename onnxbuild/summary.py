@@ -46,6 +46,18 @@ def format_summary(report: dict[str, Any]) -> str:
             lines.append(f"  validation is WEAK for {', '.join(validation['degenerate_outputs'])}")
         if validation.get("nondeterministic"):
             lines.append(f"  {validation['nondeterministic']}")
+    benchmark = report.get("benchmark")
+    if benchmark:
+        lines.append(
+            f"  benchmark ({', '.join(benchmark['providers'][:1])}, {benchmark['iterations']} runs):"
+        )
+        for item in benchmark["results"]:
+            sizes = ",".join(f"{k}={v}" for k, v in item["sizes"].items()) or "static"
+            ort_ms = item["onnxruntime"]
+            text = f"    {item['shape_set']} {sizes}: onnxruntime p50 {ort_ms['p50_ms']:.3f} ms (p90 {ort_ms['p90_ms']:.3f})"
+            if "eager" in item:
+                text += f", eager p50 {item['eager']['p50_ms']:.3f} ms, {item['speedup_vs_eager']:.2f}x"
+            lines.append(text)
     if report.get("model_init"):
         lines.append(f"  weights: init={report['model_init']}")
     for name, value in (report.get("constants") or {}).items():
