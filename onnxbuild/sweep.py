@@ -41,6 +41,8 @@ class Row:
     max_abs_error: float | str
     max_rel_error: float | str
     build_seconds: float | str
+    # onnxruntime p50 latency (ms) of the first benchmark shape set, when benchmark.enabled.
+    latency_p50_ms: float | str
     cache_hits: str
     sha256: str
     run_dir: str
@@ -48,7 +50,7 @@ class Row:
 
 COLUMNS = [f.name for f in fields(Row)]
 # Columns that legitimately differ between two runs of the same sweep.
-TIMING_COLUMNS = ("build_seconds",)
+TIMING_COLUMNS = ("build_seconds", "latency_p50_ms")
 
 
 @dataclass
@@ -190,10 +192,16 @@ def read_row(run_dir: Path, sweep_dir: Path) -> Row:
         max_abs_error=validation.get("max_abs_error", ""),
         max_rel_error=validation.get("max_rel_error", ""),
         build_seconds=(report or {}).get("wall_seconds", status.get("seconds", "")),
+        latency_p50_ms=_latency(report),
         cache_hits=_cache_hits(stages),
         sha256=model_artifact["sha256"] if model_artifact else "",
         run_dir=run_dir.relative_to(sweep_dir).as_posix(),
     )
+
+
+def _latency(report: dict[str, Any] | None) -> float | str:
+    results = ((report or {}).get("benchmark") or {}).get("results") or []
+    return results[0]["onnxruntime"]["p50_ms"] if results else ""
 
 
 def collect(sweep_dir: Path) -> SweepOutcome:
@@ -237,7 +245,7 @@ def to_markdown(outcome: SweepOutcome) -> str:
         lines += [f"common overrides: `{' '.join(common)}`", ""]
     header = [
         "job", "overrides", "status", "stage", "reason", "opset", "inputs", "nodes", "size",
-        "max abs err", "max rel err", "build s", "cache", "sha256",
+        "max abs err", "max rel err", "build s", "p50 ms", "cache", "sha256",
     ]  # fmt: skip
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
@@ -246,7 +254,7 @@ def to_markdown(outcome: SweepOutcome) -> str:
         cells = [
             row.job, varying, row.status.upper() if row.status != OK else OK, row.stage, row.reason,
             row.opset, row.inputs, row.nodes, row.size_bytes, row.max_abs_error, row.max_rel_error,
-            row.build_seconds, row.cache_hits, row.sha256[:12],
+            row.build_seconds, row.latency_p50_ms, row.cache_hits, row.sha256[:12],
         ]  # fmt: skip
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"

@@ -29,6 +29,9 @@ def test_benchmark_times_onnxruntime_and_eager_and_stays_out_of_the_manifest(tmp
             <= result["onnxruntime"]["p90_ms"]
         )
     assert first.report["benchmark"] == bench
+    from onnxbuild.sweep import _latency  # the sweep summary's p50 column
+
+    assert _latency(first.report) == bench["results"][0]["onnxruntime"]["p50_ms"]
     # Timings vary: same manifest as the build without a benchmark, and the stage always runs.
     assert first.manifest == plain.manifest
     record = next(s for s in first.stages if s["name"] == "benchmark")
