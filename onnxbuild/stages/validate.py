@@ -301,7 +301,12 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact) -> Artifact:
                 from onnxbuild.diagnose import describe
 
                 clause = f"; {describe(report['diagnosis'])}"
-        clause += rounding_clause(stats)
+        from onnxbuild.noise import float32_noise, noise_clause
+
+        noise = float32_noise(ctx, failing_values, failing_reference) if failing_values is not None else None
+        report["float32_noise"] = noise
+        measured = noise_clause(float(stats.get("max_abs") or 0.0), noise)
+        clause += measured or rounding_clause(stats)
         failure = ValidationFailed(
             f"output '{name}' differs from eager PyTorch on input set '{label}': {stats.get('reason')} "
             f"(max rel {stats.get('max_rel', float('nan')):.3g}; {len(failed)} failing output/set pair(s)){clause}",
