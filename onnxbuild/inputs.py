@@ -449,6 +449,18 @@ def split_call(specs: list[InputSpec], values: dict[str, Any]) -> tuple[tuple[An
     return args, kwargs
 
 
+def export_max(ddim: DynamicDim) -> int:
+    """The upper bound torch.export is given: the spec's max, widened to leave three values.
+
+    torch records size guards such as `size > 1` while it re-traces (the exporter's decompositions);
+    on a range of two values, [1, 2], that leaves one, and torch bakes the size into the graph
+    (swin_b and convnext_base at batch 1..2 came out with batch 2 in every Reshape). A range the
+    graph is traced for may be wider than the one it is validated on; validation still runs at
+    the spec's min and max.
+    """
+    return max(ddim.max, ddim.min + 2)
+
+
 def export_dynamic_shapes(
     model: torch.nn.Module, specs: list[InputSpec], args: tuple, kwargs: dict
 ) -> dict[str, Any] | None:
@@ -457,7 +469,7 @@ def export_dynamic_shapes(
 
     if not dynamic_dims(specs):
         return None
-    dim_objects = {n: Dim(n, min=d.min, max=d.max) for n, d in dynamic_dims(specs).items()}
+    dim_objects = {n: Dim(n, min=d.min, max=export_max(d)) for n, d in dynamic_dims(specs).items()}
     spec_by_name = {s.name: s for s in specs}
     try:
         bound = inspect.signature(model.forward).bind(*args, **kwargs)

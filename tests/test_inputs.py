@@ -139,3 +139,12 @@ def test_named_sets_can_be_added_from_the_command_line_and_are_checked() -> None
     with pytest.raises(ConfigError) as info:
         named_sets(parse_specs(cfg.input), cfg.input, seed=0)
     assert info.value.key == "input.named_sets.bad.input" and "['lo']" in info.value.message
+
+
+@pytest.mark.parametrize(("lo", "hi", "traced_max"), [(1, 2, 3), (1, 64, 64), (5, 6, 7), (2, 4, 4)])
+def test_a_two_value_range_is_traced_wider_so_torch_cannot_bake_it_in(
+    lo: int, hi: int, traced_max: int
+) -> None:
+    from onnxbuild.inputs import DynamicDim, export_max
+
+    assert export_max(DynamicDim(name="batch", min=lo, max=hi)) == traced_max
