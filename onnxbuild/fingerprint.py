@@ -202,17 +202,59 @@ def target_identity(target: str) -> dict[str, Any]:
 
 def _file_entry(path: Path) -> dict[str, Any]:
     if path.is_dir():
+        # Each file by its own stamp: a directory's mtime does not change when a file in it is
+        # rewritten in place.
         files = sorted(p for p in path.rglob("*") if p.is_file())
         return {
             "name": path.name,
-            "files": {p.relative_to(path).as_posix(): file_sha256(p) for p in files},
+            "files": {p.relative_to(path).as_posix(): _cached_file_sha256(p) for p in files},
         }
-    return {"name": path.name, "sha256": file_sha256(path)}
+    return {"name": path.name, "sha256": _cached_file_sha256(path)}
+
+
+def _cached_file_sha256(path: Path) -> str:
+    stat = path.stat()
+    return _file_sha256_by_stamp(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4096)
+def _file_sha256_by_stamp(path: str, size: int, mtime_ns: int) -> str:
+    return file_sha256(Path(path))
+
+
+# Config sections whose string values may name files the model is built from (a factory that
+# loads its own weights or reads an architecture file; a Hugging Face model directory): any value
+# there that is an existing path counts by content, like model.checkpoint.
+PATH_SCAN_KEYS: tuple[str, ...] = ("model.kwargs", "model.tokenizer")
+
+
+def _paths_in(value: Any, key: str) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    if OmegaConf.is_config(value):
+        value = OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, dict):
+        for name, item in value.items():
+            found.update(_paths_in(item, f"{key}.{name}"))
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found.update(_paths_in(item, f"{key}[{index}]"))
+    elif isinstance(value, str) and value and ("/" in value or "." in value):
+        path = Path(value).expanduser()
+        try:
+            if path.exists():
+                found[key] = path
+        except OSError:
+            pass
+    return found
 
 
 def input_files(cfg: DictConfig, prefixes: tuple[str, ...] | None = None) -> dict[str, Path]:
     """Configured input files by config key; restricted to keys under `prefixes` when given."""
     found: dict[str, Path] = {}
+    for key in PATH_SCAN_KEYS:
+        if prefixes is not None and not any(key == p or key.startswith(p + ".") for p in prefixes):
+            continue
+        found.update(_paths_in(OmegaConf.select(cfg, key, default=None), key))
     for key in INPUT_FILE_KEYS:
         if prefixes is not None and not any(key == p or key.startswith(p + ".") for p in prefixes):
             continue
@@ -226,11 +268,6 @@ def input_files(cfg: DictConfig, prefixes: tuple[str, ...] | None = None) -> dic
     return found
 
 
-@functools.lru_cache(maxsize=64)
-def _cached_entry(path: str, size: int, mtime_ns: int) -> dict[str, Any]:
-    return _file_entry(Path(path))
-
-
 def input_digests(cfg: DictConfig, prefixes: tuple[str, ...] | None = None) -> dict[str, Any]:
     """sha256 (and file name, never the path) of every configured input file, by config key."""
     digests: dict[str, Any] = {}
@@ -238,6 +275,5 @@ def input_digests(cfg: DictConfig, prefixes: tuple[str, ...] | None = None) -> d
         if not path.exists():
             digests[key] = {"name": path.name, "missing": True}
             continue
-        stat = path.stat()
-        digests[key] = _cached_entry(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        digests[key] = _file_entry(path)
     return digests

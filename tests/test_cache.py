@@ -348,3 +348,33 @@ def test_cache_max_size_prunes_after_a_build_and_run_dirs_keep_their_files(tmp_p
             compose_config([*TINY, f"cache.root={tmp_path / 'cache'}", "cache.max_size=lots"]), tmp_path / "b"
         )
     assert info.value.key == "cache.max_size"
+
+
+def test_a_file_named_in_model_kwargs_counts_by_content(tmp_path: Path) -> None:
+    # A factory that loads its own weights from model.kwargs.weights: retraining the file in place
+    # must invalidate capture and validate, and the manifest records the file's digest.
+    import torch
+
+    from onnxbuild.zoo import TinyCNN
+
+    weights = tmp_path / "epoch.pt"
+    torch.manual_seed(1)
+    torch.save(TinyCNN().state_dict(), weights)
+    overrides = [
+        "model=custom",
+        "model._target_=tests.models.tiny_from_weights",
+        "allowed_target_prefixes=[tests.]",
+        f"+model.kwargs.weights={weights}",
+    ]
+    before = keys(*overrides)
+    torch.manual_seed(2)
+    torch.save(TinyCNN().state_dict(), weights)
+    after = keys(*overrides)
+    assert before["capture"] != after["capture"] and before["validate"] != after["validate"]
+    from onnxbuild.fingerprint import input_digests
+
+    digests = input_digests(compose_config([*TINY, *overrides]))
+    assert (
+        digests["model.kwargs.weights"]["name"] == "epoch.pt"
+        and len(digests["model.kwargs.weights"]["sha256"]) == 64
+    )
