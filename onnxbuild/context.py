@@ -61,11 +61,21 @@ class BuildContext:
             model = build_model(
                 self.cfg.model, seed=int(self.cfg.seed), extra_prefixes=list(self.cfg.allowed_target_prefixes)
             )
-            model = model.to(self.torch_device)
             mode = resolve_init_mode(self.cfg.model)
-            self.facts["model_init"] = apply_init(
-                model, mode, self.specs, int(self.cfg.seed), self.torch_device
-            )
+            kept = None
+            if mode == "informative" and self.cfg.model.get("init") is None:
+                from onnxbuild.init import weights_ignore_the_seed
+
+                kept = weights_ignore_the_seed(self.cfg.model, model, int(self.cfg.seed), self.cfg)
+            model = model.to(self.torch_device)
+            if kept is not None:
+                # The factory loads its own (trained) weights: informative would overwrite them.
+                self.facts["model_init"] = {"mode": "default", "reason": kept}
+                log.info("model.init: %s", kept)
+            else:
+                self.facts["model_init"] = apply_init(
+                    model, mode, self.specs, int(self.cfg.seed), self.torch_device
+                )
             self._model = model
         return self._model
 

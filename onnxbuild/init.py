@@ -208,6 +208,42 @@ def damp_residual_branches(model: nn.Module) -> list[str]:
     return damped
 
 
+# Factories whose weights are a seeded random init by construction (informative is safe there).
+SEEDED_FACTORY_PREFIXES = ("onnxbuild.", "torchvision.models.")
+
+
+def weights_ignore_the_seed(
+    model_cfg: DictConfig, model: nn.Module, seed: int, cfg: DictConfig
+) -> str | None:
+    """Why informative must not touch this model, or None: its weights do not depend on the seed.
+
+    A factory that loads trained weights itself (no model.checkpoint) gives the same weights
+    whatever the seed; recalibrating their BatchNorms would export, and validate, another model.
+    Checked by building the model a second time with another seed (custom factories only).
+    """
+    import torch
+
+    from onnxbuild.models import build_model
+
+    if str(model_cfg._target_).startswith(SEEDED_FACTORY_PREFIXES):
+        return None
+    first = [t for t in model.state_dict().values() if t.is_floating_point() and t.numel() > 1]
+    if not first:
+        return None
+    other = build_model(model_cfg, seed=seed + 1, extra_prefixes=list(cfg.allowed_target_prefixes))
+    second = [t for t in other.state_dict().values() if t.is_floating_point() and t.numel() > 1]
+    same = len(first) == len(second) and all(
+        a.shape == b.shape and torch.equal(a.cpu(), b.cpu()) for a, b in zip(first, second, strict=True)
+    )
+    del other
+    if not same:
+        return None
+    return (
+        "the factory's weights do not depend on the seed (it loads its own), so they are kept as they are "
+        "(model.init=informative would recalibrate them anyway)"
+    )
+
+
 def informative_init(
     model: nn.Module, specs: list[InputSpec], seed: int, device: str = "cpu"
 ) -> dict[str, Any]:

@@ -48,3 +48,10 @@ def tiny_from_weights(weights: str) -> nn.Module:
     model = TinyCNN()
     model.load_state_dict(torch.load(weights, weights_only=True))
     return model
+
+
+def random_tiny() -> nn.Module:
+    """A custom factory with a seeded random init (informative applies)."""
+    from onnxbuild.zoo import TinyCNN
+
+    return TinyCNN()

@@ -534,3 +534,40 @@ def test_efficientnet_b0_without_checkpoint_builds_and_validates_informatively(t
     assert validation["passed"] and not validation["weak"] and validation["degenerate_outputs"] == []
     assert result.manifest["model_init"]["mode"] == "informative"
     assert any("block.3.1" in name for name in result.manifest["model_init"]["residual_branches_scaled"])
+
+
+def test_informative_init_leaves_a_factorys_own_trained_weights_alone(tmp_path: Path) -> None:
+    # A factory that loads trained weights itself: recalibrating its BatchNorms would export (and
+    # validate against) another model; the published ONNX must match the trained one.
+    from onnxbuild.zoo import TinyCNN
+
+    torch.manual_seed(3)
+    trained = TinyCNN().eval()
+    with torch.no_grad():
+        for module in trained.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    weights = tmp_path / "trained.pt"
+    torch.save(trained.state_dict(), weights)
+    custom = ["model=custom", "allowed_target_prefixes=[tests.]", "input=image32", "cache=off"]
+    result = run_build(
+        compose_config(
+            [*custom, "model._target_=tests.models.tiny_from_weights", f"+model.kwargs.weights={weights}"]
+        ),
+        tmp_path / "loaded",
+    )
+    assert (
+        result.manifest["model_init"]["mode"] == "default"
+        and "loads its own" in result.manifest["model_init"]["reason"]
+    )
+    x = torch.randn(3, 3, 32, 32)
+    session = ort.InferenceSession(str(result.model_path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        np.testing.assert_allclose(
+            session.run(None, {"input": x.numpy()})[0], trained(x).numpy(), atol=1e-5, rtol=1e-4
+        )
+    random = run_build(
+        compose_config([*custom, "model._target_=tests.models.random_tiny"]), tmp_path / "random"
+    )
+    assert random.manifest["model_init"]["mode"] == "informative"  # a seeded init: calibrated as usual
