@@ -133,10 +133,19 @@ def weak_reason(
 ) -> str | None:
     """Why comparisons on this output cannot catch a wrong graph, or None when they can.
 
+    non-finite: the reference itself has NaN/Inf (log of a negative, a fully masked softmax row...).
     ~zero: every reference value is within atol of 0, so any near-zero graph passes.
     constant: references for different inputs of the same shape agree within the tolerance, so a
     graph that ignores its input passes.
     """
+    floats = [np.asarray(r) for r in references if np.issubdtype(np.asarray(r).dtype, np.floating)]
+    nonfinite = sum(int(np.size(r) - np.isfinite(r).sum()) for r in floats)
+    if nonfinite:
+        total = sum(int(np.size(r)) for r in floats)
+        return (
+            f"is NaN/Inf in eager PyTorch itself ({nonfinite} of {total} reference values): positions that are "
+            "NaN on both sides compare as equal, so a wrong graph can pass there"
+        )
     finite = [np.abs(r[np.isfinite(r)]) for r in (x.astype(np.float64) for x in references)]
     peak = max((float(f.max()) for f in finite if f.size), default=0.0)
     if peak <= atol:

@@ -21,7 +21,9 @@ if TYPE_CHECKING:
 FLOAT_DTYPES = {"float32", "float16", "bfloat16", "float64"}
 INT_DTYPES = {"int64", "int32", "int16", "int8", "uint8"}
 SUPPORTED_DTYPES = FLOAT_DTYPES | INT_DTYPES | {"bool"}
-PATTERNS = {"padding_mask"}
+# padding_mask: 1/True = a real token (Hugging Face attention_mask); key_padding_mask: True = padding
+# (torch.nn.MultiheadAttention / nn.Transformer*). Both: right padding, the first row unpadded.
+PATTERNS = {"padding_mask", "key_padding_mask"}
 
 
 @dataclass(frozen=True)
@@ -258,10 +260,11 @@ def make_tensor(
     import torch
 
     dtype = torch_dtype(spec.dtype)
-    if spec.pattern == "padding_mask":
+    if spec.pattern in PATTERNS:
         from onnxbuild.input_sets import padding_mask
 
-        return padding_mask(shape, generator, dtype)
+        keep = padding_mask(shape, generator, dtype)
+        return keep if spec.pattern == "padding_mask" else (keep == 0).to(dtype)
     if spec.dtype == "bool":
         if profile == "zeros":
             return torch.zeros(shape, dtype=torch.bool)

@@ -37,7 +37,8 @@ class InputSpecConfig:
     constant: bool = False
     value: Any = None
     # Structured values instead of uniform random ones: `padding_mask` = per row ones then zeros
-    # (an attention mask of right-padded sequences; the first row unpadded).
+    # (an attention mask of right-padded sequences; the first row unpadded); `key_padding_mask` =
+    # its inverse (True = padding, torch.nn.MultiheadAttention's convention).
     pattern: Optional[str] = None
 
 

@@ -10,6 +10,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from onnxbuild.errors import ConfigError, ModelError
 from onnxbuild.input_sets import padding_mask
@@ -91,6 +92,20 @@ def test_padding_mask_is_mostly_ones_with_right_padding() -> None:
     # right padding: once a row hits 0 it stays 0
     assert (mask[:, 1:] <= mask[:, :-1]).all()
     assert mask.float().mean() > 0.5
+
+
+def test_key_padding_mask_is_true_where_padded_and_never_a_whole_row() -> None:
+    from onnxbuild.inputs import make_tensor
+
+    spec = parse_specs(
+        OmegaConf.create(
+            {"inputs": [{"name": "kpm", "dtype": "bool", "shape": [5, 9], "pattern": "key_padding_mask"}]}
+        )
+    )[0]
+    for profile in ("normal", "zeros", "large"):
+        mask = make_tensor(spec, [5, 9], torch.Generator().manual_seed(0), profile)
+        assert mask.dtype == torch.bool and not mask[0].any()  # the first row is unpadded
+        assert not mask.all(dim=1).any() and (mask[:, 1:] >= mask[:, :-1]).all()  # right padding
 
 
 def test_text_seq_preset_generates_ids_in_range_and_a_padding_mask() -> None:

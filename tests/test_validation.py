@@ -571,3 +571,20 @@ def test_informative_init_leaves_a_factorys_own_trained_weights_alone(tmp_path: 
         compose_config([*custom, "model._target_=tests.models.random_tiny"]), tmp_path / "random"
     )
     assert random.manifest["model_init"]["mode"] == "informative"  # a seeded init: calibrated as usual
+
+
+def test_a_nan_reference_is_a_weak_comparison_and_fails_when_informative_is_required(tmp_path: Path) -> None:
+    nan = [np.array([1.0, np.nan]), np.array([2.0, 3.0])]
+    assert "NaN/Inf in eager PyTorch itself (1 of 4" in weak_reason(nan, [nan], 1e-4, 1e-3)
+    base = custom(
+        "LogNet", "[{name:x,dtype:float32,shape:[2,8],dynamic:{0:{name:batch,min:1,max:4}}}]", "cache=off"
+    )
+    result = build(tmp_path, base)
+    assert (
+        result.report["validation"]["weak"] and "x" not in result.report["validation"]["degenerate_outputs"]
+    )
+    warning = next(w for w in result.report["warnings"] if "NaN/Inf" in w)
+    assert "so eager PyTorch is finite" in warning
+    with pytest.raises(ValidationFailed) as info:
+        build(tmp_path, [*base, "validation.require_informative=true"])
+    assert "NaN/Inf" in info.value.message

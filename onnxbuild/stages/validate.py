@@ -56,6 +56,18 @@ def rounding_clause(stats: dict[str, Any]) -> str:
     )
 
 
+def weak_hint(reason: str, ctx: BuildContext) -> str:
+    """What to do about a weak comparison, depending on why it is weak and the init in use."""
+    if reason.startswith("is NaN/Inf"):
+        return (
+            "fix the model or the input ranges (input.inputs[*].low/high, masks) so eager PyTorch is finite"
+        )
+    mode = (ctx.facts.get("model_init") or {}).get("mode")
+    if mode == "informative":
+        return "give model.checkpoint (trained weights), or feed inputs that exercise it (validation.samples)"
+    return "give model.checkpoint, or use model.init=informative"
+
+
 def make_session(path: Path, device_name: str, index: int) -> Any:
     import onnxruntime as ort
 
@@ -247,7 +259,7 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact) -> Artifact:
     for name, reason in weak.items():
         ctx.warn(
             f"output '{name}' {reason}: the comparison is weak and cannot catch a wrong graph "
-            f"(hint: give model.checkpoint, or use model.init=informative; validation.require_informative=true fails)"
+            f"(hint: {weak_hint(reason, ctx)}; validation.require_informative=true fails)"
         )
     for message in edge_warnings:
         ctx.warn(message)
