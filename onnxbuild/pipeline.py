@@ -669,6 +669,8 @@ def build_manifest(
         "config": config,
         "config_sha256": text_sha256(canonical_json(config)),
         "inputs": inputs,
+        # The model factory's code: its package version, or the digests of its local modules.
+        "model_code": target_identity(str(cfg.model._target_)),
         "versions": tool_versions(),
         "platform": platform_info(),
         "capture_strategy": ctx.facts.get("capture_strategy"),

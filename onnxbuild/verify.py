@@ -70,6 +70,25 @@ def input_differences(cfg: DictConfig, manifest: dict[str, Any]) -> list[str]:
     ]
 
 
+def model_code_differences(cfg: DictConfig, manifest: dict[str, Any]) -> list[str]:
+    """Local modules of the model factory (or its package version) that changed since the build."""
+    from onnxbuild.fingerprint import target_identity
+
+    recorded = manifest.get("model_code")
+    if recorded is None:  # a manifest from before model code was recorded
+        return []
+    here = target_identity(str(cfg.model._target_))
+    lines = []
+    if recorded.get("distribution") != here.get("distribution"):
+        lines.append(f"model code: {recorded.get('distribution')} recorded, {here.get('distribution')} here")
+    old, new = recorded.get("local_modules") or {}, here.get("local_modules") or {}
+    for module in sorted(set(old) | set(new)):
+        if old.get(module) != new.get(module):
+            state = "is new" if module not in old else "is gone" if module not in new else "changed"
+            lines.append(f"model code: local module {module} {state}")
+    return lines
+
+
 def verify(run_dir: Path, keep: bool = False) -> tuple[bool, list[str]]:
     """(full match, report lines)."""
     from onnxbuild.errors import BuildError
@@ -88,7 +107,7 @@ def verify(run_dir: Path, keep: bool = False) -> tuple[bool, list[str]]:
     try:
         cfg = recorded_config(manifest, out_root)
         env = environment_differences(manifest)
-        inputs = input_differences(cfg, manifest)
+        inputs = input_differences(cfg, manifest) + model_code_differences(cfg, manifest)
         for line in inputs:
             lines.append(f"MISMATCH {line}")
             ok = False

@@ -54,3 +54,19 @@ def test_environment_differences_name_the_tool() -> None:
     recorded = {"versions": {**tool_versions(), "torch": "0.0.1"}, "platform": platform_info()}
     assert environment_differences(recorded) == [f"torch: recorded 0.0.1, here {tool_versions()['torch']}"]
     assert environment_differences({"versions": tool_versions(), "platform": platform_info()}) == []
+
+
+def test_verify_names_a_changed_local_model_module() -> None:
+    from onnxbuild.fingerprint import target_identity
+    from onnxbuild.verify import model_code_differences
+
+    cfg = compose_config(
+        ["model=custom", "model._target_=tests.models.random_tiny", "allowed_target_prefixes=[tests.]"]
+    )
+    recorded = target_identity("tests.models.random_tiny")
+    assert "tests.models" in recorded["local_modules"]
+    assert model_code_differences(cfg, {"model_code": recorded}) == []
+    edited = {**recorded, "local_modules": {**recorded["local_modules"], "tests.models": "0" * 64}}
+    assert model_code_differences(cfg, {"model_code": edited}) == [
+        "model code: local module tests.models changed"
+    ]
