@@ -55,3 +55,10 @@ def random_tiny() -> nn.Module:
     from onnxbuild.zoo import TinyCNN
 
     return TinyCNN()
+
+
+class AddTwo(nn.Module):
+    """a + b: the two inputs' dims must be one dim."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a + b

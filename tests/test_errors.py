@@ -160,3 +160,33 @@ def test_errors_found_before_any_work_exit_2(tmp_path: Path) -> None:
     with pytest.raises(BuildError) as info:
         build(tmp_path, "model=tiny_cnn", f"model.checkpoint={tmp_path}/missing.safetensors")
     assert info.value.key == "model.checkpoint" and info.value.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("target", "inputs", "message", "hint"),
+    [
+        (
+            "tests.models.AddTwo",
+            "[{name:a,dtype:float32,shape:[2,6],dynamic:{1:{name:seq,min:1,max:8}}},"
+            "{name:b,dtype:float32,shape:[2,6],dynamic:{1:{name:seq_b,min:1,max:8}}}]",
+            "must always be equal.; suggested fixes: seq_b = seq",
+            "give both the same dim name",
+        ),
+        (
+            "tests.validation_models.GRUNet",
+            "[{name:x,dtype:float32,shape:[1,10,1],dynamic:{1:{name:time,min:2,max:16}}}]",
+            "specialized it to be a constant (10)",
+            "declare the dim static at that size",
+        ),
+    ],
+)
+def test_capture_constraint_failures_keep_torchs_diagnosis(
+    tmp_path: Path, target: str, inputs: str, message: str, hint: str
+) -> None:
+    from onnxbuild.errors import StageError
+
+    with pytest.raises(StageError) as info:
+        build(tmp_path, "model=custom", f"model._target_={target}", "allowed_target_prefixes=[tests.]",
+              f"input.inputs={inputs}", "cache=off")  # fmt: skip
+    assert info.value.stage == "capture" and message in info.value.message and hint in info.value.hint
+    assert "non_strict and strict: " in info.value.message  # both strategies failed alike: said once

@@ -138,10 +138,68 @@ def check_output_names(names: list[str], input_names: list[str]) -> None:
         )
 
 
+def constraint_details(exc: BaseException) -> dict[str, str]:
+    """The actionable lines of torch.export's constraint report, which the first line leaves out.
+
+    `equal`: two dims the model combines ("... must always be equal"), `constant`: a dim the model
+    fixes ("specialized it to be a constant (12)"), `fixes`: torch's "Suggested fixes" lines.
+    """
+    found: dict[str, str] = {}
+    for cause in _causes(exc):
+        lines = [ln.strip() for ln in ANSI.sub("", str(cause)).splitlines()]
+        for index, line in enumerate(lines):
+            lowered = line.lower()
+            if "must always be equal" in lowered and "equal" not in found:
+                found["equal"] = line.lstrip("- ")
+            if "specialized it to be a constant" in lowered and "constant" not in found:
+                found["constant"] = line.lstrip("- ").split(". ")[0].rstrip(".")  # not torch's API advice
+            if lowered.startswith("suggested fixes") and "fixes" not in found:
+                fixes = [
+                    ln for ln in lines[index + 1 : index + 6] if ln and not ln.lower().startswith("for more")
+                ]
+                found["fixes"] = "; ".join(ln.strip("` ") for ln in fixes if "=" in ln)
+    return {k: v[:240] for k, v in found.items() if v}
+
+
+def failure_text(exc: BaseException) -> str:
+    """One line for a strategy's failure: the first line, plus torch's own diagnosis when it has one."""
+    details = constraint_details(exc)
+    extra = [details[k] for k in ("equal", "constant") if k in details]
+    if "fixes" in details:
+        extra.append(f"suggested fixes: {details['fixes']}")
+    return first_line(exc) + (f" ({'; '.join(extra)})" if extra else "")
+
+
+def _join_failures(errors: list[str]) -> str:
+    """`non_strict: X; strict: Y`, or `non_strict and strict: X` when both strategies failed alike."""
+    parts = [e.split(": ", 1) for e in errors]
+    if len(parts) > 1 and all(len(p) == 2 for p in parts) and len({p[1] for p in parts}) == 1:
+        return f"{' and '.join(p[0] for p in parts)}: {parts[0][1]}"
+    return "; ".join(errors)
+
+
 def _hint_for(excs: list[BaseException]) -> str:
     """The most useful hint across every strategy's failure (data-dependent control flow first)."""
     if any(is_data_dependent(exc) for exc in excs):
         return COND_HINT
+    details: dict[str, str] = {}
+    for exc in excs:
+        details = {**constraint_details(exc), **details}
+    if "equal" in details:
+        return (
+            "the model combines two dims declared under different names: give both the same dim name "
+            "in the input spec (they share one range)"
+        )
+    if "constant" in details:
+        return (
+            "the model fixes this size (e.g. an RNN unrolled over time, or a literal size in a view): "
+            "declare the dim static at that size"
+        )
+    if "fixes" in details:
+        return (
+            f"the model needs sizes of a special form (torch suggests: {details['fixes']}): keep min, max and "
+            "the example of that form, or declare the dim static"
+        )
     if any(f in str(c).lower() for exc in excs for c in _causes(exc) for f in CONSTRAINT_TEXT):
         return (
             "the model fixes a dim declared dynamic; make it static in the input spec or narrow its min/max"
@@ -198,7 +256,7 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact | None = None
             break
         except Exception as exc:  # the exporter raises many unrelated types
             log.warning("capture with strategy %s failed: %s", strategy, first_line(exc))
-            errors.append(f"{strategy}: {first_line(exc)}")
+            errors.append(f"{strategy}: {failure_text(exc)}")
             last_exc = exc
             failures.append(exc)
     if exported is None:
@@ -208,7 +266,7 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact | None = None
             else ""
         )
         raise StageError(
-            prefix + "; ".join(errors), stage=NAME, key="capture.strategy", hint=_hint_for(failures)
+            prefix + _join_failures(errors), stage=NAME, key="capture.strategy", hint=_hint_for(failures)
         ) from last_exc
 
     # Map the forward's parameter names (placeholder names) to the spec's input names.
