@@ -715,6 +715,8 @@ def build_report(
         if validation is None
         else {
             "passed": validation["passed"],
+            "outputs_compared": validation.get("outputs_compared"),
+            "outputs_not_compared": validation.get("outputs_not_compared"),
             "max_abs_error": validation["max_abs_error"],
             "max_rel_error": validation["max_rel_error"],
             "input_sets": [

@@ -30,8 +30,19 @@ def format_summary(report: dict[str, Any]) -> str:
         lines.append(f"  {stage['name']:<12} {status:<8} {seconds:>8}  {' '.join(details)}")
     validation = report.get("validation")
     if validation:
+        skipped = validation.get("outputs_not_compared") or []
+        compared = validation.get("outputs_compared")
+        scope = (
+            f" ({len(compared)} of {len(compared) + len(skipped)} outputs compared; not compared, "
+            f"non-deterministic: {', '.join(skipped)})"
+            if skipped and compared is not None
+            else ""
+        )
+        verdict = "passed" if validation["passed"] else "FAILED"
+        if validation["passed"] and compared == []:
+            verdict = "NOTHING COMPARED"
         lines.append(
-            f"  validation: {'passed' if validation['passed'] else 'FAILED'}, max abs error "
+            f"  validation: {verdict}{scope}, max abs error "
             f"{validation['max_abs_error']:.3g}, max rel error {validation['max_rel_error']:.3g}"
         )
         if validation.get("table"):

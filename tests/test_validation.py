@@ -218,6 +218,11 @@ def test_handed_case_1_random_op_is_non_deterministic_not_a_mismatch(tmp_path: P
     }
     assert all(s["outputs"]["output"]["passed"] is None for s in report["input_sets"])
     assert any("non-deterministic graph: RandomNormal" in w for w in result.report["warnings"])
+    # Nothing was compared: the summary must not read like a clean pass.
+    assert (report["outputs_compared"], report["outputs_not_compared"]) == ([], ["output"])
+    from onnxbuild.summary import format_summary
+
+    assert "validation: NOTHING COMPARED (0 of 1 outputs compared" in format_summary(result.report)
     with pytest.raises(ValidationFailed) as info:
         build(tmp_path, [*base, "validation.random_ops=fail"])
     assert info.value.message.startswith("non-deterministic graph: RandomNormal")

@@ -271,6 +271,9 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact) -> Artifact:
     passed = all(r["passed"] for r in results)
     report: dict[str, Any] = {
         "passed": passed,
+        # Outputs compared numerically (those fed by random ops are not): "passed" covers only these.
+        "outputs_compared": [n for n in names if n not in nondet_names],
+        "outputs_not_compared": [n for n in names if n in nondet_names],
         "precision": precision,
         "atol": section.atol,
         "rtol": section.rtol,
