@@ -90,7 +90,11 @@ def compare_output(
     diff = np.abs(ref - act)[finite] if ref.size else np.zeros(0)
     absref = np.abs(ref)[finite] if ref.size else np.zeros(0)
     if diff.size:
-        rel = diff / np.maximum(absref, np.finfo(np.float64).tiny)
+        # A difference where the reference is exactly 0 has no relative size: inf, not 1e308.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = np.where(
+                absref > 0, diff / np.where(absref > 0, absref, 1.0), np.where(diff > 0, np.inf, 0.0)
+            )
         result.update(
             max_abs=float(diff.max()),
             mean_abs=float(diff.mean()),
