@@ -593,3 +593,17 @@ def test_a_nan_reference_is_a_weak_comparison_and_fails_when_informative_is_requ
     with pytest.raises(ValidationFailed) as info:
         build(tmp_path, [*base, "validation.require_informative=true"])
     assert "NaN/Inf" in info.value.message
+
+
+def test_an_input_set_eager_pytorch_rejects_names_the_set_and_the_ranges(tmp_path: Path) -> None:
+    # high=51 on a 50-row embedding: the example ids fit, the `large` profile's high-1 does not.
+    inputs = (
+        "[{name:ids,dtype:int64,shape:[2,5],low:0,high:51,dynamic:{0:{name:batch,min:1,max:4}}},"
+        "{name:mask,dtype:bool,shape:[2,5],dynamic:{0:{name:batch,min:1,max:4}}}]"
+    )
+    with pytest.raises(ConfigError) as info:
+        build(tmp_path, custom("MaskAndTokens", inputs, "cache=off", "seed=0"))
+    assert "eager PyTorch rejects validation input set 'min/large'" in info.value.message
+    assert (
+        info.value.stage == "validate" and info.value.key == "input.inputs" and "low/high" in info.value.hint
+    )

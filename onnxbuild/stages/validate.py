@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from onnxbuild.artifacts import write_json_atomic
 from onnxbuild.compare import compare_output, lowest_precision, resolve_tolerance, weak_reason
 from onnxbuild.context import Artifact, BuildContext
-from onnxbuild.errors import StageError, ValidationFailed
+from onnxbuild.errors import ConfigError, StageError, ValidationFailed
 from onnxbuild.input_sets import branch_coverage_warning, extra_validation_sets
 from onnxbuild.inputs import EDGE_PROFILES, InputSet, split_call, to_numpy_feed, validation_input_sets
 from onnxbuild.stages.capture import first_line
@@ -183,7 +183,19 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact) -> Artifact:
     for input_set in sets:
         values = input_set.values(ctx.specs, large)
         feed = to_numpy_feed(ctx.specs, values)
-        reference = _reference(model, ctx, values)
+        try:
+            reference = _reference(model, ctx, values)
+        except Exception as exc:
+            # The export example ran, so it is this set's values (e.g. token ids at `high - 1`
+            # beyond the embedding table) or sizes that eager PyTorch rejects.
+            shapes = {k: list(v.shape) for k, v in feed.items()}
+            raise ConfigError(
+                f"eager PyTorch rejects validation input set '{input_set.label}' {shapes}: "
+                f"{type(exc).__name__}: {first_line(exc)}",
+                key="input.inputs",
+                hint="fit the inputs' low/high (integer ranges are [low, high)) and dynamic min/max to what the "
+                "model accepts, or drop the profile from validation.profiles",
+            ) from exc
         try:
             actual = session.run(None, feed)
         except Exception as exc:
