@@ -7,6 +7,8 @@ raise instead, and this module turns what it raised into `key: message (hint: ..
 
 from __future__ import annotations
 
+import re
+
 from onnxbuild.choices import SCHEMA_NODE
 from onnxbuild.errors import ConfigError
 
@@ -73,6 +75,14 @@ def as_config_error(exc: BaseException) -> ConfigError | None:
         return None
     key = getattr(cause, "full_key", None) or None
     message = _first_line(str(cause))
+    missing = re.search(r"Missing mandatory value: ([\w.\[\]]+)", message)
+    if missing:  # met while resolving another key (hydra.run.dir uses model.name): name the missing one
+        key = missing.group(1)
+        return ConfigError(
+            f"missing mandatory value {key}",
+            key=key,
+            hint=f"set it on the command line ({key}=...); {KEYS_HINT}",
+        )
     if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
         return ConfigError(
             f"unknown config key: {message}",

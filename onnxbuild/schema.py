@@ -240,8 +240,18 @@ class BuildConfig:
     deterministic: bool = False
 
 
+def target_name(target: str) -> str:
+    """`mypkg.nets.build_net` -> `build_net`: a readable model name for run dirs and bundles."""
+    name = str(target).rpartition(".")[2]
+    return name if name and name != "???" else "custom"
+
+
 def register() -> None:
     """Register the schema: `build_schema` for the root, `<group>/schema` for each group."""
+    from omegaconf import OmegaConf
+
+    # conf/model/custom.yaml names the model after its factory (`name: ${onnxbuild_target_name:...}`).
+    OmegaConf.register_new_resolver("onnxbuild_target_name", target_name, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="build_schema", node=BuildConfig)
     cs.store(group="model", name="schema", node=ModelConfig)

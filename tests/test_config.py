@@ -71,3 +71,9 @@ def test_yaml_with_unknown_key_fails(tmp_path: Path) -> None:
         pytest.raises(ConfigCompositionException),
     ):
         compose(config_name="config", overrides=["model=typo", f"hydra.searchpath=[file://{tmp_path}]"])
+
+
+def test_a_custom_model_is_named_after_its_factory() -> None:
+    cfg = compose_config(["model=custom", "model._target_=tests.models.random_tiny"])
+    assert cfg.model.name == "random_tiny"
+    assert compose_config(["model=custom", "model._target_=x.y.Net", "model.name=mine"]).model.name == "mine"
