@@ -76,6 +76,14 @@ def make_session(path: Path, device_name: str, index: int) -> Any:
     try:
         return ort.InferenceSession(str(path), options, providers=ort_providers(device_name, index))
     except Exception as exc:
+        text = str(exc)
+        if "NOT_IMPLEMENTED" in text and "bfloat16" in text:
+            raise StageError(
+                f"onnxruntime has no bfloat16 kernel for an op of this graph on {device_name}: {first_line(exc)}",
+                stage=NAME,
+                key="input.inputs",
+                hint="build in float16 or float32 (model and input dtypes), or validate with device=cuda",
+            ) from exc
         raise StageError(
             f"onnxruntime cannot load the model: {first_line(exc)}",
             stage=NAME,
