@@ -62,3 +62,8 @@ class AddTwo(nn.Module):
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return a + b
+
+
+def bf16_linear() -> nn.Module:
+    """A bfloat16 Linear: onnxruntime's CPU provider has no bfloat16 Gemm/MatMul kernel."""
+    return nn.Linear(8, 4).to(torch.bfloat16)

@@ -190,3 +190,13 @@ def test_capture_constraint_failures_keep_torchs_diagnosis(
               f"input.inputs={inputs}", "cache=off")  # fmt: skip
     assert info.value.stage == "capture" and message in info.value.message and hint in info.value.hint
     assert "non_strict and strict: " in info.value.message  # both strategies failed alike: said once
+
+
+def test_bfloat16_graph_onnxruntime_cannot_run_on_cpu_gets_a_dtype_hint(tmp_path: Path) -> None:
+    from onnxbuild.errors import StageError
+
+    with pytest.raises(StageError) as info:
+        build(tmp_path, "model=custom", "model._target_=tests.models.bf16_linear", "allowed_target_prefixes=[tests.]",
+              "input.inputs=[{name:x,dtype:bfloat16,shape:[2,8]}]", "cache=off")  # fmt: skip
+    assert info.value.stage == "validate" and info.value.key == "input.inputs"
+    assert "no bfloat16 kernel" in info.value.message and "float16 or float32" in info.value.hint

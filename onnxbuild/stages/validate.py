@@ -68,6 +68,20 @@ def weak_hint(reason: str, ctx: BuildContext) -> str:
     return "give model.checkpoint, or use model.init=informative"
 
 
+def _uses_bfloat16(path: Path) -> bool:
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return False
+    bf16 = onnx.TensorProto.BFLOAT16
+    typed = [*model.graph.input, *model.graph.output, *model.graph.value_info]
+    return any(v.type.tensor_type.elem_type == bf16 for v in typed) or any(
+        t.data_type == bf16 for t in model.graph.initializer
+    )
+
+
 def make_session(path: Path, device_name: str, index: int) -> Any:
     import onnxruntime as ort
 
@@ -77,7 +91,7 @@ def make_session(path: Path, device_name: str, index: int) -> Any:
         return ort.InferenceSession(str(path), options, providers=ort_providers(device_name, index))
     except Exception as exc:
         text = str(exc)
-        if "NOT_IMPLEMENTED" in text and "bfloat16" in text:
+        if "NOT_IMPLEMENTED" in text and ("bfloat16" in text or _uses_bfloat16(path)):
             raise StageError(
                 f"onnxruntime has no bfloat16 kernel for an op of this graph on {device_name}: {first_line(exc)}",
                 stage=NAME,
