@@ -241,7 +241,9 @@ def _paths_in(value: Any, key: str) -> dict[str, Path]:
     elif isinstance(value, str) and value and ("/" in value or "." in value):
         path = Path(value).expanduser()
         try:
-            if path.exists():
+            # The working directory (or a parent) is never a model file, and would mean hashing
+            # every build's outputs: skip it.
+            if path.exists() and not (path.is_dir() and Path.cwd().resolve().is_relative_to(path.resolve())):
                 found[key] = path
         except OSError:
             pass
