@@ -12,7 +12,7 @@ ResNets reach activations of 1e8+ where float32 rounding alone exceeds any toler
    inputs, so eval-mode activations stay O(1) and outputs vary with the input;
 4. in residual blocks (modules with two or more BatchNorm children, e.g. ResNet's BasicBlock and
    Bottleneck, and torchvision's inverted-residual blocks flagged `use_res_connect` /
-   `apply_residual`: MobileNetV2/V3, EfficientNet, MnasNet) the BatchNorm that ends the branch is
+   `apply_residual`: MobileNetV2/V3, EfficientNet, MnasNet; RegNet's ResBottleneckBlock) the BatchNorm that ends the branch is
    scaled by RESIDUAL_BRANCH_SCALE after calibration, as trained networks (and zero_init_residual)
    do. Without it a calibrated resnet152 differs by 7e-4 between float32 and float64 eager runs
    (float32 rounding alone fails atol 1e-4), efficientnet_b0 by 2.6e-4; with it by 8e-7 and 3e-7.
@@ -174,8 +174,13 @@ def _residual_blocks(model: nn.Module) -> list[tuple[str, Any]]:
 
     found: list[tuple[str, Any]] = []
     for name, module in model.named_modules():
-        if any(getattr(module, flag, False) is True for flag in RESIDUAL_FLAGS):
-            bns = [(n, m) for n, m in module.named_modules() if n and is_bn(m)]
+        # torchvision RegNet's ResBottleneckBlock: x + f(x) (or proj(x) + f(x)), f's BatchNorms nested.
+        regnet_block = hasattr(module, "proj") and isinstance(getattr(module, "f", None), nn.Module)
+        if regnet_block or any(getattr(module, flag, False) is True for flag in RESIDUAL_FLAGS):
+            branch = module.f if regnet_block else module
+            bns = [(n, m) for n, m in branch.named_modules() if n and is_bn(m)]
+            if regnet_block:
+                bns = [(f"f.{n}", m) for n, m in bns]
             if bns:
                 found.append((f"{name}.{bns[-1][0]}" if name else bns[-1][0], bns[-1][1]))
             continue
