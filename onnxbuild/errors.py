@@ -6,6 +6,17 @@ mismatch) is raised as a BuildError so the CLI can print exactly one actionable 
 
 from __future__ import annotations
 
+import re
+
+# Terminal colour / style codes that some libraries put into exception texts.
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def plain_text(exc: BaseException, limit: int = 300) -> str:
+    """An exception's text on one line, without terminal codes, cut at `limit`."""
+    text = " ".join(ANSI.sub("", str(exc)).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
 
 class BuildError(Exception):
     """A user-facing build failure: stage, config key and a hint travel with the message."""

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import importlib
-import re
 import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from onnxbuild.errors import BuildError, ModelError
+from onnxbuild.errors import BuildError, ModelError, plain_text
 
 if TYPE_CHECKING:
     from torch import nn
@@ -68,15 +67,6 @@ def check_origin(obj: Any, target: str, prefixes: list[str], key: str) -> None:
             key=key,
             hint="name the factory where it is defined, inside an allowed package",
         )
-
-
-ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-def plain_text(exc: BaseException, limit: int = 300) -> str:
-    """An exception's text on one line, without terminal colour codes, cut at `limit`."""
-    text = " ".join(ANSI_ESCAPE.sub("", str(exc)).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _is_download_failure(exc: BaseException) -> bool:

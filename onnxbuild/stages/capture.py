@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
 from omegaconf import DictConfig
 
 from onnxbuild.artifacts import file_sha256
 from onnxbuild.context import Artifact, BuildContext
-from onnxbuild.errors import ConfigError, StageError
+from onnxbuild.errors import ANSI, ConfigError, StageError
 from onnxbuild.export_utils import save_exported_program
 from onnxbuild.inputs import export_dynamic_shapes, export_sizes, make_inputs, split_call
 
@@ -205,9 +204,6 @@ def _hint_for(excs: list[BaseException]) -> str:
             "the model fixes a dim declared dynamic; make it static in the input spec or narrow its min/max"
         )
     return "run with HYDRA_FULL_ERROR=1 for the exporter's trace; try capture.strategy=strict or non_strict"
-
-
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def first_line(exc: BaseException, limit: int = 300) -> str:
