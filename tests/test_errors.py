@@ -21,6 +21,17 @@ def build(tmp_path: Path, *overrides: str):
     return run_build(compose_config([*base, *overrides]), tmp_path / "run")
 
 
+def build_custom(tmp_path: Path, target: str, *overrides: str):
+    """A build of `tests.<target>` through model=custom (tests. allowed)."""
+    return build(
+        tmp_path,
+        "model=custom",
+        f"model._target_=tests.{target}",
+        "allowed_target_prefixes=[tests.]",
+        *overrides,
+    )
+
+
 def assert_nothing_published(tmp_path: Path) -> None:
     assert not (tmp_path / "run" / "model.onnx").exists()
 
@@ -48,12 +59,7 @@ def test_target_outside_allowlist(tmp_path: Path) -> None:
 
 def test_allowlist_is_user_extensible(tmp_path: Path) -> None:
     with pytest.raises(ModelError) as info:
-        build(
-            tmp_path,
-            "model=custom",
-            "model._target_=tests.models.NotAModule",
-            "allowed_target_prefixes=[tests.]",
-        )
+        build_custom(tmp_path, "models.NotAModule")
     assert "not a torch.nn.Module" in info.value.message
 
 
@@ -67,12 +73,7 @@ def test_shape_that_contradicts_the_model(tmp_path: Path) -> None:
 
 def test_validation_mismatch_fails_and_marks_artifact(tmp_path: Path) -> None:
     with pytest.raises(ValidationFailed) as info:
-        build(
-            tmp_path,
-            "model=custom",
-            "model._target_=tests.models.CallCounterScale",
-            "allowed_target_prefixes=[tests.]",
-        )
+        build_custom(tmp_path, "models.CallCounterScale")
     assert info.value.stage == "validate" and "differs from eager" in info.value.message
     run = tmp_path / "run"
     assert_nothing_published(tmp_path)
@@ -134,12 +135,7 @@ def test_corrupt_safetensors_and_a_directory_name_the_checkpoint_key(tmp_path: P
 
 def test_a_factory_that_tries_to_download_weights_gets_the_checkpoint_hint(tmp_path: Path) -> None:
     with pytest.raises(ModelError) as info:
-        build(
-            tmp_path,
-            "model=custom",
-            "model._target_=tests.models.Downloading",
-            "allowed_target_prefixes=[tests.]",
-        )
+        build_custom(tmp_path, "models.Downloading")
     assert info.value.stage == "capture" and info.value.key == "model.kwargs"
     assert "URLError" in info.value.message and "never download" in info.value.hint
 
@@ -186,8 +182,7 @@ def test_capture_constraint_failures_keep_torchs_diagnosis(
     from onnxbuild.errors import StageError
 
     with pytest.raises(StageError) as info:
-        build(tmp_path, "model=custom", f"model._target_={target}", "allowed_target_prefixes=[tests.]",
-              f"input.inputs={inputs}", "cache=off")  # fmt: skip
+        build_custom(tmp_path, target.removeprefix("tests."), f"input.inputs={inputs}", "cache=off")
     assert info.value.stage == "capture" and message in info.value.message and hint in info.value.hint
     assert "non_strict and strict: " in info.value.message  # both strategies failed alike: said once
 
@@ -196,7 +191,8 @@ def test_bfloat16_graph_onnxruntime_cannot_run_on_cpu_gets_a_dtype_hint(tmp_path
     from onnxbuild.errors import StageError
 
     with pytest.raises(StageError) as info:
-        build(tmp_path, "model=custom", "model._target_=tests.models.bf16_linear", "allowed_target_prefixes=[tests.]",
-              "input.inputs=[{name:x,dtype:bfloat16,shape:[2,8]}]", "cache=off")  # fmt: skip
+        build_custom(
+            tmp_path, "models.bf16_linear", "input.inputs=[{name:x,dtype:bfloat16,shape:[2,8]}]", "cache=off"
+        )
     assert info.value.stage == "validate" and info.value.key == "input.inputs"
     assert "no bfloat16 kernel" in info.value.message and "float16 or float32" in info.value.hint
