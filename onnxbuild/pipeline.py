@@ -455,9 +455,9 @@ def _stage_loop(ctx: BuildContext, cache: StageCache | None, attempt: _Attempt) 
                 ctx.facts["model_init"] = artifact.info["model_init"]
         if spec.name == "validate":
             ctx.facts["validation"] = artifact.info["report"]
-        # Later stages read the artifact from its file, exactly as they would after a cache hit,
-        # so that cold, partly cached and fully cached builds take the same path to the same bytes.
-        artifact.payload = None
+        # The next stage gets the live object (no save-then-reload of the same bytes); after a
+        # cache hit it loads the file instead. Both give the same bytes downstream
+        # (tests/test_cache.py::test_partly_cached_build_gives_the_cold_build_bytes).
         if not spec.passthrough:
             upstream_entry = entry
         upstream = artifact

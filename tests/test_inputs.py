@@ -60,7 +60,10 @@ def test_validation_sets_cover_min_max_example_odd() -> None:
     sets = validation_shape_sets(spec(image(2, 1, 64)))
     sizes = {s.label: s.sizes["batch"] for s in sets}
     assert sizes["min"] == 1 and sizes["max"] == 64 and sizes["example"] == 2
-    assert sizes["odd"] % 2 == 1 and 1 < sizes["odd"] < 64
+    # The smallest odd size no other set uses: unaligned, and cheap next to the max set.
+    assert sizes["odd"] == 3
+    sizes = {s.label: s.sizes["batch"] for s in validation_shape_sets(spec(image(5, 3, 9)))}
+    assert sizes == {"min": 3, "max": 9, "example": 5, "odd": 7}
 
 
 def test_static_spec_has_one_set() -> None:

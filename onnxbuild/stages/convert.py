@@ -112,7 +112,11 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact) -> Artifact:
 
     io = upstream.info["io"]
     check_outputs_are_tensors(io)
-    ep = upstream.payload if upstream.payload is not None else torch.export.load(str(upstream.path))
+    # Always the saved program, never the live one: the live ExportedProgram still carries the
+    # capture-time ShapeEnv (symbol sources, guards), so the exporter's re-trace picks other
+    # symbol sources (a bert batch dim read from attention_mask instead of input_ids: other bytes
+    # than after a cache hit) and runs slower (resnet50 decompositions 6.3 s against 4.5 s).
+    ep = torch.export.load(str(upstream.path))
     user_inputs = [name for name in ep.graph_signature.user_inputs if isinstance(name, str)]
     input_names = [io["placeholder_to_input"].get(name, name) for name in user_inputs]
     requested = int(section.opset)

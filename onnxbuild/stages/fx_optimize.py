@@ -119,9 +119,10 @@ def remove_noops(ep: ExportedProgram) -> int:
 def run(ctx: BuildContext, section: DictConfig, upstream: Artifact) -> Artifact:
     import torch
 
-    ep = upstream.payload
-    if ep is None:
-        ep = torch.export.load(str(upstream.path))
+    # The saved program, never the live one (see stages/convert.py): the live one's fake tensors
+    # keep view strides and offsets a loaded one lacks, so this stage's .pt2 would get other bytes
+    # after a capture cache hit than in a cold build.
+    ep = torch.export.load(str(upstream.path))
     before = _call_count(ep)
     counts = {"batchnorm_folded": 0, "noops_removed": 0, "dead_removed": 0}
     if section.fold_batchnorm:
