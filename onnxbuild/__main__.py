@@ -1,6 +1,6 @@
 """`python -m onnxbuild` entry point."""
 
-from onnxbuild.cli import main
+from onnxbuild.cli import entry_point
 
 if __name__ == "__main__":
-    main()
+    entry_point()

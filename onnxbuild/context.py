@@ -23,7 +23,11 @@ log = logging.getLogger("onnxbuild")
 
 @dataclass
 class Artifact:
-    """A stage's output: its file(s) in the run directory, their digest, and the live object."""
+    """A stage's output: its file(s) in the run directory, their digest, and the live object.
+
+    `payload`, when set, is what the next stage gets instead of reading `path`: it must give the
+    same bytes downstream as the loaded file would (after a cache hit there is only the file).
+    """
 
     path: Path
     digest: str

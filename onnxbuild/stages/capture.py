@@ -275,7 +275,9 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact | None = None
     return Artifact(
         path=path,
         digest=file_sha256(path),
-        payload=exported,
+        # Not handed on live: the live program still holds the capture-time ShapeEnv and view
+        # strides, and gives other bytes downstream than the saved one (stages/fx_optimize.py).
+        payload=None,
         info={
             "strategy": strategy_used,
             "fallback_errors": errors,

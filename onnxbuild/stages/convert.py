@@ -112,11 +112,8 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact) -> Artifact:
 
     io = upstream.info["io"]
     check_outputs_are_tensors(io)
-    # Always the saved program, never the live one: the live ExportedProgram still carries the
-    # capture-time ShapeEnv (symbol sources, guards), so the exporter's re-trace picks other
-    # symbol sources (a bert batch dim read from attention_mask instead of input_ids: other bytes
-    # than after a cache hit) and runs slower (resnet50 decompositions 6.3 s against 4.5 s).
-    ep = torch.export.load(str(upstream.path))
+    # fx_optimize hands on a program it loaded; capture hands on none (see stages/fx_optimize.py).
+    ep = upstream.payload if upstream.payload is not None else torch.export.load(str(upstream.path))
     user_inputs = [name for name in ep.graph_signature.user_inputs if isinstance(name, str)]
     input_names = [io["placeholder_to_input"].get(name, name) for name in user_inputs]
     requested = int(section.opset)
@@ -152,7 +149,8 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact) -> Artifact:
     path = ctx.stage_dir / "convert.onnx"
     files = save_model(model, path)
     try:
-        onnx.checker.check_model(str(path) if len(files) > 1 else model)
+        # From the file just written: the proto would be serialized once more for the checker.
+        onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as exc:
         raise StageError(
             f"onnx.checker rejected the graph: {first_line(exc)}",

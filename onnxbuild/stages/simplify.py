@@ -62,7 +62,7 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact) -> Artifact:
     dims = check_dynamic_dims(ctx, model, NAME)
     path = ctx.stage_dir / "simplify.onnx"
     files = save_model(model, path)
-    onnx.checker.check_model(str(path) if len(files) > 1 else model)
+    onnx.checker.check_model(str(path))  # from the file: no second serialization
     return Artifact(
         path=path,
         digest=file_sha256(path),
