@@ -206,11 +206,12 @@ def test_corruption_that_keeps_mtime_is_caught_when_published(tmp_path: Path) ->
 
 
 NOOP_PROBE = """
-import json, runpy, sys, time
+import json, sys, time
 start = time.perf_counter()
 sys.argv = ["onnxbuild", *sys.argv[1:]]
 try:
-    runpy.run_module("onnxbuild", run_name="__main__", alter_sys=True)
+    from onnxbuild.cli import main  # not `python -m onnxbuild`: its fast exit would skip the probe
+    main()
 except SystemExit as exc:
     if exc.code:
         raise
