@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from onnxbuild.ort_sessions import DEFAULT_LEVEL, session_options
+
 if TYPE_CHECKING:
     import onnx
     import torch
@@ -68,11 +70,14 @@ def value_error(expected: np.ndarray, actual: np.ndarray, atol: float, rtol: flo
 
 
 def run_with_intermediates(
-    model: onnx.ModelProto, feed: dict[str, np.ndarray], providers: list[Any], wanted: set[str] | None = None
+    model: onnx.ModelProto,
+    feed: dict[str, np.ndarray],
+    providers: list[Any],
+    wanted: set[str] | None = None,
+    level: str = DEFAULT_LEVEL,
 ) -> dict[str, np.ndarray]:
     """Run `model` with every node output (or those in `wanted`) exposed as a graph output."""
     import onnx
-    import onnxruntime as ort
 
     from onnxbuild.onnx_utils import inference_session
 
@@ -84,22 +89,18 @@ def run_with_intermediates(
             if name and name not in existing and (wanted is None or name in wanted):
                 exposed.graph.output.append(onnx.ValueInfoProto(name=name))
                 existing.add(name)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = inference_session(exposed, options, providers)
+    session = inference_session(exposed, session_options(level), providers)
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(None, feed), strict=True))
 
 
-def run_plain(model: onnx.ModelProto, feed: dict[str, np.ndarray], providers: list[Any]) -> list[np.ndarray]:
+def run_plain(
+    model: onnx.ModelProto, feed: dict[str, np.ndarray], providers: list[Any], level: str = DEFAULT_LEVEL
+) -> list[np.ndarray]:
     """The graph's outputs, run exactly as deployed (no exposed intermediates)."""
-    import onnxruntime as ort
-
     from onnxbuild.onnx_utils import inference_session
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = inference_session(model, options, providers)
+    session = inference_session(model, session_options(level), providers)
     return list(session.run(None, feed))
 
 
@@ -247,6 +248,7 @@ def localize(
     atol: float,
     rtol: float,
     providers: list[Any],
+    level: str = DEFAULT_LEVEL,
 ) -> dict[str, Any]:
     """Find the stage, then the first node, where the failing input set starts to differ.
 
@@ -275,13 +277,13 @@ def localize(
     if not convert_path.is_file():
         return {"stage": None, "summary": "no stage artifacts to localize the mismatch"}
     convert_model = load_model(convert_path)
-    convert_outputs = run_plain(convert_model, feed, providers)
+    convert_outputs = run_plain(convert_model, feed, providers, level)
     errors["convert"] = _max_abs(reference, convert_outputs)
     matches["convert"] = _outputs_match(reference, convert_outputs, atol, rtol)
     final = None
     if onnx_path.resolve() != convert_path.resolve():
         final = load_model(onnx_path)
-        final_outputs = run_plain(final, feed, providers)
+        final_outputs = run_plain(final, feed, providers, level)
         errors["simplify"] = _max_abs(reference, final_outputs)
         matches["simplify"] = _outputs_match(reference, final_outputs, atol, rtol)
     order = list(errors)
@@ -305,7 +307,7 @@ def localize(
             else "set optimization.fx.enabled=false (or disable the pass) and report the model"
         )
         return {"stage": stage, "summary": why, "hint": hint, "stage_errors": errors}
-    convert_values = run_with_intermediates(convert_model, feed, providers)
+    convert_values = run_with_intermediates(convert_model, feed, providers, level=level)
     if stage == "convert":
         if last_ep is None:
             return {
@@ -330,7 +332,7 @@ def localize(
             "hint": "an op is translated wrongly; a custom translation for the op named here can fix it",
             "first_diverging_node": found,
         }
-    final_values = run_with_intermediates(final, feed, providers, wanted=set(convert_values))
+    final_values = run_with_intermediates(final, feed, providers, wanted=set(convert_values), level=level)
     found = first_divergence(final, final_values, convert_values, atol, rtol)
     return {
         "stage": "simplify",

@@ -67,3 +67,19 @@ class AddTwo(nn.Module):
 def bf16_linear() -> nn.Module:
     """A bfloat16 Linear: onnxruntime's CPU provider has no bfloat16 Gemm/MatMul kernel."""
     return nn.Linear(8, 4).to(torch.bfloat16)
+
+
+class HalfAttention(nn.Module):
+    """float16 self-attention: onnxruntime 1.2x/1.3x crashes (SIGSEGV) building a CPU session for it
+    at ORT_ENABLE_ALL on some CPUs (microsoft/onnxruntime#15494)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attention = nn.MultiheadAttention(16, 2, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attention(x, x, x, need_weights=False)[0]
+
+
+def half_attention() -> nn.Module:
+    return HalfAttention().half()

@@ -74,10 +74,15 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact) -> Artifact:
     import onnxruntime as ort
     import torch
 
+    from onnxbuild.ort_sessions import safe_level, session_options
     from onnxbuild.stages.validate import ort_providers
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
+    validated = ctx.facts.get("validation") or {}
+    level = (
+        validated.get("graph_optimization_level")
+        or safe_level(upstream.path, str(ctx.cfg.device.name), NAME)[0]
+    )
+    options = session_options(level)
     if section.threads is not None:
         options.intra_op_num_threads = int(section.threads)
     providers = ort_providers(str(ctx.cfg.device.name), int(ctx.cfg.device.index))

@@ -22,6 +22,7 @@ from onnxbuild.context import Artifact, BuildContext
 from onnxbuild.errors import ConfigError, StageError, ValidationFailed
 from onnxbuild.input_sets import branch_coverage_warning, extra_validation_sets
 from onnxbuild.inputs import EDGE_PROFILES, InputSet, split_call, to_numpy_feed, validation_input_sets
+from onnxbuild.ort_sessions import DEFAULT_LEVEL, safe_level, session_options
 from onnxbuild.stages.capture import first_line
 from onnxbuild.validation_checks import check_output_overrides, check_validation_section
 
@@ -82,13 +83,13 @@ def _uses_bfloat16(path: Path) -> bool:
     )
 
 
-def make_session(path: Path, device_name: str, index: int) -> Any:
+def make_session(path: Path, device_name: str, index: int, level: str = DEFAULT_LEVEL) -> Any:
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
     try:
-        return ort.InferenceSession(str(path), options, providers=ort_providers(device_name, index))
+        return ort.InferenceSession(
+            str(path), session_options(level), providers=ort_providers(device_name, index)
+        )
     except Exception as exc:
         text = str(exc)
         if "NOT_IMPLEMENTED" in text and ("bfloat16" in text or _uses_bfloat16(path)):
@@ -162,7 +163,10 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact) -> Artifact:
     names = list(io.get("outputs", []))
     graph = upstream.payload if upstream.payload is not None else load_model(upstream.path)
     random_nodes, random_outputs = _random_op_findings(graph)
-    session = make_session(upstream.path, ctx.cfg.device.name, int(ctx.cfg.device.index))
+    level, crash_note = safe_level(upstream.path, str(ctx.cfg.device.name), NAME)
+    if crash_note:
+        ctx.warn(crash_note)
+    session = make_session(upstream.path, ctx.cfg.device.name, int(ctx.cfg.device.index), level)
     onnx_names = [o.name for o in session.get_outputs()]
     names = [names[i] if i < len(names) else onnx_names[i] for i in range(len(onnx_names))]
     check_output_overrides(section, names)
@@ -313,6 +317,8 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact) -> Artifact:
         "rtol": section.rtol,
         "tolerances": tolerances,
         "providers": session.get_providers(),
+        # Lower than ORT_ENABLE_ALL only where onnxruntime crashed building the session (ort_sessions.py).
+        "graph_optimization_level": level,
         "input_sets": results,
         "degenerate_outputs": sorted(weak),
         "weak": bool(weak),
@@ -344,7 +350,7 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact) -> Artifact:
         clause = ""
         if section.diagnose and failing_values is not None:
             report["diagnosis"] = _diagnose(
-                ctx, upstream.path, failing_values, failing_reference, onnx_names, stats
+                ctx, upstream.path, failing_values, failing_reference, onnx_names, stats, level
             )
             if report["diagnosis"].get("error") is None:
                 from onnxbuild.diagnose import describe
@@ -422,6 +428,7 @@ def _diagnose(
     reference: list[Any],
     onnx_names: list[str],
     stats: dict[str, Any],
+    level: str,
 ) -> dict[str, Any]:
     """Localize the mismatch; a diagnosis that itself fails is reported, never raised."""
     import torch
@@ -444,6 +451,7 @@ def _diagnose(
             float(stats["atol"]),
             float(stats["rtol"]),
             ort_providers(ctx.cfg.device.name, int(ctx.cfg.device.index)),
+            level,
         )
     except Exception as exc:  # diagnosis is best effort; the verdict stands
         log.warning("diagnosis failed: %s", first_line(exc))
