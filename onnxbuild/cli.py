@@ -73,6 +73,7 @@ def _task(cfg: DictConfig) -> None:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     _single_build_ran = not multirun
+    _log_native_crashes(run_dir)
     job_num = int(hydra_cfg.job.num) if multirun else 0
     status = JobStatus(run_dir, job=job_num if multirun else None, overrides=list(hydra_cfg.overrides.task))
     where = f"job {job_num} ({' '.join(hydra_cfg.overrides.task)}): " if multirun else ""
@@ -119,6 +120,26 @@ def _task(cfg: DictConfig) -> None:
         return
     status.ok()
     log.info("%s", format_summary(result.report))
+
+
+_crash_log = None
+
+
+def _log_native_crashes(run_dir: Path) -> None:
+    """A segfault in native code (onnxruntime, torch) kills the process with no Python error: write
+    the Python traceback of every thread into the run's log, where status.json ("running") points."""
+    global _crash_log
+    import faulthandler
+
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(run_dir / "onnxbuild.log", "a", encoding="utf-8")  # noqa: SIM115 (kept open on purpose)
+    except OSError:
+        return
+    faulthandler.enable(file=handle, all_threads=True)
+    if _crash_log is not None:
+        _crash_log.close()
+    _crash_log = handle
 
 
 def _reason(exc: BuildError) -> str:

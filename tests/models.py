@@ -83,3 +83,17 @@ class HalfAttention(nn.Module):
 
 def half_attention() -> nn.Module:
     return HalfAttention().half()
+
+
+class Segfaults(nn.Module):
+    """Crashes the process in native code, as an onnxruntime or torch bug would."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import ctypes
+
+        ctypes.string_at(0)
+        return x
+
+
+def segfaults() -> nn.Module:
+    return Segfaults()

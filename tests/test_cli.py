@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -148,3 +149,23 @@ def test_a_groups_schema_node_is_not_a_preset(tmp_path: Path) -> None:
         proc.returncode == 2
         and "onnxbuild: error: device: 'schema' is the group's typed schema" in proc.stderr
     )
+
+
+def test_a_native_crash_leaves_its_traceback_in_the_log(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    proc = run_cli(
+        [
+            "model=custom",
+            "model._target_=tests.models.segfaults",
+            "allowed_target_prefixes=[tests.]",
+            "input=image32",
+            "cache=off",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == -signal.SIGSEGV
+    log = (run_dir / "onnxbuild.log").read_text()
+    assert "Segmentation fault" in log and "tests/models.py" in log
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "running"
+    assert not (run_dir / "model.onnx").exists()
