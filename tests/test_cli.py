@@ -169,3 +169,25 @@ def test_a_native_crash_leaves_its_traceback_in_the_log(tmp_path: Path) -> None:
     assert "Segmentation fault" in log and "tests/models.py" in log
     assert json.loads((run_dir / "status.json").read_text())["status"] == "running"
     assert not (run_dir / "model.onnx").exists()
+
+
+def test_a_failed_capture_prints_one_line_and_logs_what_torch_printed(tmp_path: Path) -> None:
+    """torch.export prints the partial FX graph to stderr and logs graph dumps: ~40 lines before ours."""
+    run_dir = tmp_path / "run"
+    proc = run_cli(
+        [
+            "model=custom",
+            "model._target_=tests.extension_models.PythonIfNet",
+            "allowed_target_prefixes=[tests.]",
+            "input=image32",
+            "cache=off",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("stage ")]
+    assert len(errors) == 1 and errors[0].startswith("onnxbuild: error: [capture]"), proc.stderr[-3000:]
+    assert "def forward" not in proc.stdout + proc.stderr
+    log = (run_dir / "onnxbuild.log").read_text()
+    assert "torch output (kept off the terminal)" in log and "def forward" in log

@@ -12,6 +12,8 @@ from onnxbuild.context import Artifact, BuildContext
 from onnxbuild.errors import ANSI, ConfigError, StageError
 from onnxbuild.export_utils import save_exported_program
 from onnxbuild.inputs import export_dynamic_shapes, export_sizes, make_inputs, split_call
+from onnxbuild.logutil import FILE_ONLY
+from onnxbuild.torch_output import torch_output_to_log
 
 NAME = "capture"
 VERSION = 1
@@ -245,16 +247,20 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact | None = None
     strategy_used = None
     for strategy in STRATEGIES[str(section.strategy)]:
         try:
-            exported = torch.export.export(
-                model, args, kwargs, dynamic_shapes=dynamic_shapes, strict=strategy == "strict"
-            )
+            with torch_output_to_log(f"capture ({strategy})"):
+                exported = torch.export.export(
+                    model, args, kwargs, dynamic_shapes=dynamic_shapes, strict=strategy == "strict"
+                )
             strategy_used = strategy
             break
         except Exception as exc:  # the exporter raises many unrelated types
-            log.warning("capture with strategy %s failed: %s", strategy, first_line(exc))
+            # The error line names every strategy's failure: the terminal gets it once, from there.
+            log.warning("capture with strategy %s failed: %s", strategy, first_line(exc), extra=FILE_ONLY)
             errors.append(f"{strategy}: {failure_text(exc)}")
             last_exc = exc
             failures.append(exc)
+    if exported is not None and errors:
+        log.warning("capture: %s; captured with strategy %s", "; ".join(errors), strategy_used)
     if exported is None:
         prefix = (
             "data-dependent control flow (a Python branch on tensor values) cannot be captured: "

@@ -21,6 +21,7 @@ from onnxbuild.onnx_utils import (
 )
 from onnxbuild.opset import EXPORTER_NATIVE_OPSET, convert_opset, default_opset
 from onnxbuild.stages.capture import ANSI, first_line
+from onnxbuild.torch_output import torch_output_to_log
 from onnxbuild.translations import describe, translation_table
 
 NAME = "convert"
@@ -120,19 +121,20 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact) -> Artifact:
     export_opset = max(requested, EXPORTER_NATIVE_OPSET)
     table = translation_table(section.get("translations"))
     try:
-        program = torch.onnx.export(
-            ep,
-            (),
-            dynamo=True,
-            opset_version=export_opset,
-            input_names=input_names,
-            output_names=list(io["outputs"]),
-            optimize=False,
-            verbose=False,
-            external_data=True,
-            # Only when configured: the exporter's own default table otherwise.
-            **({"custom_translation_table": table} if table else {}),
-        )
+        with torch_output_to_log("convert"):
+            program = torch.onnx.export(
+                ep,
+                (),
+                dynamo=True,
+                opset_version=export_opset,
+                input_names=input_names,
+                output_names=list(io["outputs"]),
+                optimize=False,
+                verbose=False,
+                external_data=True,
+                # Only when configured: the exporter's own default table otherwise.
+                **({"custom_translation_table": table} if table else {}),
+            )
     except Exception as exc:
         raise StageError(
             f"torch.onnx.export failed at opset {section.opset}: {exporter_reason(exc)}",
