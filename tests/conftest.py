@@ -52,6 +52,20 @@ def run_cli(
     )
 
 
+def run_custom_cli(tmp_path: Path, target: str, *overrides: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """`python -m onnxbuild model=custom` for `tests.<target>` (cache off); returns (process, run dir)."""
+    run_dir = tmp_path / "run"
+    args = [
+        "model=custom",
+        f"model._target_=tests.{target}",
+        "allowed_target_prefixes=[tests.]",
+        *overrides,
+        "cache=off",
+        f"hydra.run.dir={run_dir}",
+    ]
+    return run_cli(args, cwd=tmp_path), run_dir
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _session_stage_cache(tmp_path_factory: pytest.TempPathFactory):
     """Builds in tests (in-process and CLI subprocesses) share a stage cache in a temp dir,

@@ -16,7 +16,7 @@ import torchvision
 
 from onnxbuild.init import apply_init
 from onnxbuild.inputs import parse_specs
-from tests.conftest import compose_config, run_cli
+from tests.conftest import compose_config, run_cli, run_custom_cli
 
 
 def model_path_from(stdout: str) -> Path:
@@ -152,18 +152,7 @@ def test_a_groups_schema_node_is_not_a_preset(tmp_path: Path) -> None:
 
 
 def test_a_native_crash_leaves_its_traceback_in_the_log(tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    proc = run_cli(
-        [
-            "model=custom",
-            "model._target_=tests.models.segfaults",
-            "allowed_target_prefixes=[tests.]",
-            "input=image32",
-            "cache=off",
-            f"hydra.run.dir={run_dir}",
-        ],
-        cwd=tmp_path,
-    )
+    proc, run_dir = run_custom_cli(tmp_path, "models.segfaults", "input=image32")
     assert proc.returncode == -signal.SIGSEGV
     log = (run_dir / "onnxbuild.log").read_text()
     assert "Segmentation fault" in log and "tests/models.py" in log
@@ -173,18 +162,7 @@ def test_a_native_crash_leaves_its_traceback_in_the_log(tmp_path: Path) -> None:
 
 def test_a_failed_capture_prints_one_line_and_logs_what_torch_printed(tmp_path: Path) -> None:
     """torch.export prints the partial FX graph to stderr and logs graph dumps: ~40 lines before ours."""
-    run_dir = tmp_path / "run"
-    proc = run_cli(
-        [
-            "model=custom",
-            "model._target_=tests.extension_models.PythonIfNet",
-            "allowed_target_prefixes=[tests.]",
-            "input=image32",
-            "cache=off",
-            f"hydra.run.dir={run_dir}",
-        ],
-        cwd=tmp_path,
-    )
+    proc, run_dir = run_custom_cli(tmp_path, "extension_models.PythonIfNet", "input=image32")
     assert proc.returncode == 1
     errors = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("stage ")]
     assert len(errors) == 1 and errors[0].startswith("onnxbuild: error: [capture]"), proc.stderr[-3000:]

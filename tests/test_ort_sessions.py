@@ -12,7 +12,7 @@ from onnx import TensorProto, helper
 
 from onnxbuild import ort_sessions
 from onnxbuild.errors import StageError
-from tests.conftest import run_cli
+from tests.conftest import run_custom_cli
 
 
 def identity_model(path: Path, elem_type: int) -> Path:
@@ -82,17 +82,10 @@ def test_the_real_probe_runs_onnxruntime_in_a_child(tmp_path: Path) -> None:
 
 def test_float16_attention_builds_instead_of_crashing(tmp_path: Path) -> None:
     """In-process, onnxruntime's CPU session for this graph segfaulted (exit 139, status "running")."""
-    run_dir = tmp_path / "run"
-    proc = run_cli(
-        [
-            "model=custom",
-            "model._target_=tests.models.half_attention",
-            "allowed_target_prefixes=[tests.]",
-            "input.inputs=[{name: x, dtype: float16, shape: [2, 8, 16], dynamic: {0: {name: batch, min: 1, max: 4}}}]",
-            "cache=off",
-            f"hydra.run.dir={run_dir}",
-        ],
-        cwd=tmp_path,
+    proc, run_dir = run_custom_cli(
+        tmp_path,
+        "models.half_attention",
+        "input.inputs=[{name: x, dtype: float16, shape: [2, 8, 16], dynamic: {0: {name: batch, min: 1, max: 4}}}]",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((run_dir / "status.json").read_text())["status"] == "ok"
