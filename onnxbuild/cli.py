@@ -182,6 +182,13 @@ def main() -> None:
     if os.environ.get("HYDRA_FULL_ERROR") != "1":
         os.environ["HYDRA_FULL_ERROR"] = "1"
         os.environ[COMPACT_ERRORS_ENV] = "1"
+    from onnxbuild.overrides import rewrite_dynamic_overrides
+
+    try:
+        sys.argv = [sys.argv[0], *rewrite_dynamic_overrides(sys.argv[1:])]
+    except BuildError as exc:
+        print(f"onnxbuild: error: {exc.one_line()}", file=sys.stderr, flush=True)
+        sys.exit(exc.exit_code)
     try:
         _hydra_main()
     except SystemExit as exc:
