@@ -138,6 +138,13 @@ def parse_specs(input_cfg: DictConfig) -> list[InputSpec]:
                     hint="a shared dim name must have one range",
                 )
             dynamic[dim_index] = ddim
+        low, high = item.get("low"), item.get("high")
+        if low is not None and high is not None and not float(low) < float(high):
+            raise ConfigError(
+                f"value range low={low}, high={high} is empty",
+                key=f"{key}.low",
+                hint="need low < high (integers are drawn from [low, high), floats uniform in [low, high))",
+            )
         specs.append(
             InputSpec(
                 name=name,

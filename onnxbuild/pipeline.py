@@ -382,6 +382,15 @@ def _run_stages(ctx: BuildContext, cache: StageCache | None) -> _Attempt:
     return attempt
 
 
+def _prepare_runtime(cfg: DictConfig) -> Callable[[], None] | None:
+    """prepare_runtime, its errors counted as the configuration's (exit 2): no stage has run."""
+    try:
+        return prepare_runtime(cfg)
+    except BuildError as exc:
+        exc.exit_code = ConfigError.exit_code
+        raise
+
+
 def _stage_loop(ctx: BuildContext, cache: StageCache | None, attempt: _Attempt) -> None:
     cfg = ctx.cfg
     upstream: Artifact | None = None
@@ -391,7 +400,7 @@ def _stage_loop(ctx: BuildContext, cache: StageCache | None, attempt: _Attempt) 
         # Translation entries resolve only with torch imported; check them before any stage is
         # restored, so a bad entry leaves no stage output behind (no torch-free no-op rebuild then).
         prepared = True
-        attempt.restore = prepare_runtime(cfg)
+        attempt.restore = _prepare_runtime(cfg)
     for spec in STAGES:
         if not spec.enabled(cfg):
             attempt.records.append({"name": spec.name, "status": "skipped"})
@@ -404,7 +413,7 @@ def _stage_loop(ctx: BuildContext, cache: StageCache | None, attempt: _Attempt) 
             # Outside the stage's error handling: a bad device or translation entry is a config
             # error (exit 2, nothing written), not a failure of the stage that happened to run first.
             prepared = True
-            attempt.restore = prepare_runtime(cfg)
+            attempt.restore = _prepare_runtime(cfg)
         log.info("stage %s ...", spec.name)
         try:
             if entry is None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from onnxbuild.errors import ModelError
+from onnxbuild.errors import ConfigError, ModelError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -55,10 +55,20 @@ def build(arch: str, **kwargs: Any) -> nn.Module:
 
     known = set(classification_archs()) | set(segmentation_archs())
     if arch not in known:
-        raise ModelError(
+        elsewhere = next(
+            (f"torchvision.models.{sub}.{arch}" for sub in ("video", "detection", "optical_flow", "quantization")
+             if callable(getattr(getattr(tvm, sub, None), arch, None))),
+            None,
+        )  # fmt: skip
+        hint = (
+            f"build it as a custom model: model=custom model._target_={elsewhere} (and an input spec for it)"
+            if elsewhere
+            else f"one of {', '.join(sorted(known))}"
+        )
+        raise ConfigError(
             f"'{arch}' is not a torchvision classification or segmentation model",
             key="model.kwargs.arch",
-            hint=f"one of {', '.join(sorted(known))}",
+            hint=hint,
         )
     kwargs.setdefault("weights", None)
     if kwargs["weights"] is not None:

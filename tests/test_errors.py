@@ -50,6 +50,22 @@ def test_unknown_target(tmp_path: Path) -> None:
     assert_nothing_published(tmp_path)
 
 
+def test_a_target_that_resolves_to_nothing_is_a_config_error(tmp_path: Path) -> None:
+    # The module exists (found without importing it), the attribute does not: found when torch is
+    # imported, still before any stage ran, so the configuration's fault (exit 2).
+    with pytest.raises(ModelError) as info:
+        build_custom(tmp_path, "models.NoSuchFactory")
+    assert info.value.key == "model._target_" and info.value.exit_code == 2
+    assert_nothing_published(tmp_path)
+
+
+def test_a_torchvision_arch_outside_the_zoo_points_to_model_custom(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        build(tmp_path, "model=torchvision", "model.kwargs.arch=r3d_18")
+    assert info.value.key == "model.kwargs.arch" and info.value.exit_code == 2
+    assert "model._target_=torchvision.models.video.r3d_18" in info.value.hint
+
+
 def test_target_outside_allowlist(tmp_path: Path) -> None:
     with pytest.raises(ModelError) as info:
         build(tmp_path, "model._target_=os.system")
