@@ -459,6 +459,7 @@ def _stage_loop(ctx: BuildContext, cache: StageCache | None, attempt: _Attempt) 
         if spec.name == "capture":
             ctx.facts["capture_strategy"] = artifact.info["strategy"]
             ctx.facts["constants"] = artifact.info["constants"]
+            ctx.facts["mutated_buffers"] = artifact.info.get("mutated_buffers") or []
             ctx.facts["io"] = artifact.info["io"]
             if artifact.info.get("model_init"):
                 ctx.facts["model_init"] = artifact.info["model_init"]

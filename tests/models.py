@@ -97,3 +97,16 @@ class Segfaults(nn.Module):
 
 def segfaults() -> nn.Module:
     return Segfaults()
+
+
+class RunningMean(nn.Module):
+    """Updates a buffer in forward (an EMA of its inputs) and uses it: a stateful model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(8, 4)
+        self.register_buffer("ema", torch.zeros(8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.ema.mul_(0.9).add_(0.1 * x.mean(0))
+        return self.linear(x - self.ema)

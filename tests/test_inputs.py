@@ -49,7 +49,9 @@ def test_example_outside_the_range_or_an_empty_min_is_refused(
     assert info.value.key == key and text in info.value.message
 
 
-@pytest.mark.parametrize(("dtype", "low", "high"), [("int64", 50, 10), ("int64", 5, 5), ("float32", 1.0, -1.0)])
+@pytest.mark.parametrize(
+    ("dtype", "low", "high"), [("int64", 50, 10), ("int64", 5, 5), ("float32", 1.0, -1.0)]
+)
 def test_an_empty_value_range_is_refused_before_any_work(dtype: str, low: float, high: float) -> None:
     with pytest.raises(ConfigError) as info:
         spec({"name": "ids", "dtype": dtype, "shape": [2, 8], "low": low, "high": high})

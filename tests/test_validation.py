@@ -286,6 +286,25 @@ def test_python_state_baked_in_is_blamed_on_capture(tmp_path: Path) -> None:
     assert validation_json(tmp_path)["diagnosis"]["stage"] == "capture"
 
 
+def test_a_forward_that_updates_a_buffer_is_named_as_the_cause(tmp_path: Path) -> None:
+    """An EMA buffer updated in forward: eager drifts call by call, the ONNX graph has no state. The
+    error used to blame the float32 noise floor and hint at a looser atol."""
+    inputs = "[{name:x,dtype:float32,shape:[2,8],dynamic:{0:{name:batch,min:1,max:4}}}]"
+    with pytest.raises(ValidationFailed) as info:
+        build(tmp_path, [*CUSTOM, "model._target_=tests.models.RunningMean", f"input.inputs={inputs}"])
+    assert "updates buffer(s) 'ema'" in info.value.message and "noise floor" not in info.value.message
+    assert info.value.key == "model._target_" and "self.training" in info.value.hint
+    assert "atol" not in info.value.hint
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["stages"][0]["info"]["mutated_buffers"] == ["ema"]
+    assert any("updates buffer(s) 'ema'" in w for w in report["warnings"])
+
+
+def test_batchnorm_in_eval_mutates_nothing(tmp_path: Path) -> None:
+    result = build(tmp_path, ["model=tiny_cnn", "input=image32", "validation.enabled=false"])
+    assert result.stages[0]["info"]["mutated_buffers"] == []
+
+
 # ---------------------------------------------------------------- the other handed cases
 
 

@@ -179,6 +179,47 @@ def _join_failures(errors: list[str]) -> str:
     return "; ".join(errors)
 
 
+STATEFUL_HINT = "update the state only when self.training, or pass it in as an input and return the new state as an output"
+
+
+def mutated_buffers(exported: Any) -> list[str]:
+    """Buffers the forward updates in place (running statistics, EMAs, caches, counters).
+
+    torch.export's training IR keeps in-place ops (buffers_to_mutate fills only once the graph is
+    functionalized, a whole re-trace): follow each buffer through the ops that alias it (views,
+    in-place ops returning self) and report those an op writes to.
+    """
+    import torch
+
+    buffer_of = dict(exported.graph_signature.inputs_to_buffers)
+    mutated = set(exported.graph_signature.buffers_to_mutate.values())
+    aliases: dict[Any, str] = {}  # node -> the buffer it is a view of
+    for node in exported.graph.nodes:
+        if node.op == "placeholder" and node.name in buffer_of:
+            aliases[node] = buffer_of[node.name]
+        if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
+            continue
+        schema = node.target._schema
+        for index, argument in enumerate(schema.arguments):
+            value = node.args[index] if index < len(node.args) else node.kwargs.get(argument.name)
+            buffer = aliases.get(value) if isinstance(value, torch.fx.Node) else None
+            if buffer is None or argument.alias_info is None:
+                continue
+            if argument.alias_info.is_write:
+                mutated.add(buffer)
+            if any(r.alias_info is not None for r in schema.returns):
+                aliases[node] = buffer
+    return sorted(mutated)
+
+
+def stateful_warning(buffers: list[str]) -> str:
+    names = ", ".join(f"'{b}'" for b in buffers[:5]) + (" ..." if len(buffers) > 5 else "")
+    return (
+        f"model.forward updates buffer(s) {names} on every call: the ONNX graph keeps no state, so outputs "
+        f"that depend on it differ from eager PyTorch after the first call (hint: {STATEFUL_HINT})"
+    )
+
+
 def _hint_for(excs: list[BaseException]) -> str:
     """The most useful hint across every strategy's failure (data-dependent control flow first)."""
     if any(is_data_dependent(exc) for exc in excs):
@@ -271,6 +312,10 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact | None = None
             prefix + _join_failures(errors), stage=NAME, key="capture.strategy", hint=_hint_for(failures)
         ) from last_exc
 
+    mutated = mutated_buffers(exported)
+    if mutated:
+        ctx.warn(stateful_warning(mutated))
+
     # Map the forward's parameter names (placeholder names) to the spec's input names.
     positional = [s.name for s in ctx.specs if not (s.keyword or s.constant)]
     params = list(inspect.signature(model.forward).parameters)
@@ -289,6 +334,7 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact | None = None
             "fallback_errors": errors,
             "example_sizes": sizes,
             "fx_nodes": sum(1 for n in exported.graph.nodes if n.op == "call_function"),
+            "mutated_buffers": mutated,
             "constants": constants,
             # What the weight init did: a build fact that must survive a cache hit on this stage.
             "model_init": ctx.facts.get("model_init"),
