@@ -198,7 +198,7 @@ class StageCache:
         path = self.entry_dir(key)
         if not path.exists():
             return
-        log.warning("cache entry %s is corrupt (%s): discarded, the stage is rebuilt", key[:12], reason)
+        log.warning("cache entry %s discarded (%s): the stage is rebuilt", key[:12], reason)
         trash = self.root / "tmp" / f"discard-{key}-{uuid.uuid4().hex[:8]}"
         trash.parent.mkdir(parents=True, exist_ok=True)
         try:

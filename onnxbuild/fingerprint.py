@@ -10,6 +10,7 @@ import functools
 import hashlib
 import re
 import subprocess
+import sys
 from importlib.machinery import PathFinder
 from pathlib import Path
 from typing import Any
@@ -177,6 +178,48 @@ def local_module_digests(module: str) -> dict[str, str]:
         digests[name] = file_sha256(path)
         pending.extend(sorted(_imported_modules(path, name) - seen))
     return dict(sorted(digests.items()))
+
+
+def loaded_local_modules(names: set[str], exclude: set[str]) -> dict[str, str]:
+    """sha256 of the local modules among `names` that are loaded (not onnxbuild's, not `exclude`).
+
+    Reading imports misses what a factory imports at run time (`importlib.import_module(name)`, a
+    plugin registry): once the model is built those modules are in sys.modules. Their digests go
+    with the cached capture and are checked before it is reused (changed_runtime_modules).
+    """
+    found: dict[str, str] = {}
+    for name in sorted(names):
+        module = sys.modules.get(name)
+        file = getattr(module, "__file__", None)
+        if not file or not file.endswith(".py") or name in exclude or name == "__main__":
+            continue
+        if "site-packages" in file or "dist-packages" in file:
+            continue
+        path = Path(file)
+        if name.split(".")[0] == "onnxbuild" and path.resolve().is_relative_to(PACKAGE_DIR):
+            continue
+        if path.is_file() and _is_local(path):
+            found[name] = _cached_file_sha256(path)
+        if len(found) >= MAX_LOCAL_MODULES:
+            break
+    return dict(sorted(found.items()))
+
+
+def changed_runtime_modules(recorded: dict[str, str]) -> list[str]:
+    """The recorded run-time modules whose source changed or went away since they were recorded."""
+    changed = []
+    for name, digest in recorded.items():
+        module = sys.modules.get(name)
+        file = getattr(module, "__file__", None) if module is not None else None
+        path = Path(file) if file else None
+        if path is None:
+            try:
+                path = find_module_file(name)
+            except (ImportError, ValueError):
+                path = None
+        if path is None or not path.is_file() or _cached_file_sha256(path) != digest:
+            changed.append(name)
+    return changed
 
 
 def target_identity(target: str) -> dict[str, Any]:

@@ -382,6 +382,23 @@ def _run_stages(ctx: BuildContext, cache: StageCache | None) -> _Attempt:
     return attempt
 
 
+def _stale_capture(cache: StageCache, entry: Entry) -> bool:
+    """A cached capture whose factory loaded, at run time, a local module that has changed since."""
+    from onnxbuild.fingerprint import changed_runtime_modules
+
+    changed = changed_runtime_modules(entry.info.get("runtime_modules") or {})
+    if not changed:
+        return False
+    log.warning(
+        "stage capture: cached entry %s not reused: local module(s) %s changed since (imported at run time)",
+        entry.key[:12],
+        ", ".join(changed[:5]),
+    )
+    with cache.lock(entry.key):
+        cache.discard(entry.key, f"stale: {', '.join(changed[:5])} changed")
+    return True
+
+
 def _prepare_runtime(cfg: DictConfig) -> Callable[[], None] | None:
     """prepare_runtime, its errors counted as the configuration's (exit 2): no stage has run."""
     try:
@@ -408,6 +425,8 @@ def _stage_loop(ctx: BuildContext, cache: StageCache | None, attempt: _Attempt) 
         t0 = time.perf_counter()
         key = stage_key(spec, cfg, upstream) if cache is not None and spec.cacheable else None
         entry = cache.lookup(key) if cache is not None and key is not None else None
+        if entry is not None and spec.name == "capture" and _stale_capture(cache, entry):
+            entry = None
         status = "cached"
         if entry is None and not prepared:
             # Outside the stage's error handling: a bad device or translation entry is a config

@@ -355,6 +355,46 @@ def test_a_local_helper_module_the_factory_imports_changes_the_key(
     ]
 
 
+def test_a_module_the_factory_imports_at_run_time_invalidates_the_cached_capture(tmp_path: Path) -> None:
+    """importlib.import_module inside the factory: invisible to reading imports. It used to give a
+    5/5 cache hit on the old graph after the module changed."""
+    package = tmp_path / "rtpkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "nets.py").write_text(
+        "import importlib\nimport torch\n\n\nclass Scaled(torch.nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n"
+        "        self.scale = importlib.import_module('rtpkg.constants').SCALE\n"
+        "        self.offset = importlib.import_module('rt_plugin').OFFSET\n\n"
+        "    def forward(self, x):\n        return x * self.scale + self.offset\n"
+    )
+    (package / "constants.py").write_text("SCALE = 2.0\n")
+    (tmp_path / "rt_plugin.py").write_text("OFFSET = 1.0\n")
+    args = [
+        "model=custom",
+        "model._target_=rtpkg.nets.Scaled",
+        "model.allowed_prefixes=[rtpkg.]",
+        "input.inputs=[{name:x,dtype:float32,shape:[2,8],dynamic:{0:{name:batch,min:1,max:4}}}]",
+        f"cache.root={tmp_path / 'cache'}",
+    ]
+    env = {"PYTHONPATH": str(tmp_path)}
+
+    def build(name: str) -> dict:
+        proc = run_cli([*args, f"hydra.run.dir={tmp_path / name}"], cwd=tmp_path, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads((tmp_path / name / "report.json").read_text())
+
+    first = build("a")
+    assert sorted(first["stages"][0]["info"]["runtime_modules"]) == ["rt_plugin", "rtpkg.constants"]
+    assert build("b")["cache"]["computed"] == []  # unchanged: every stage reused
+    (package / "constants.py").write_text("SCALE = 5.0\n")
+    third = build("c")
+    assert "capture" in third["cache"]["computed"]
+    assert (tmp_path / "c" / "model.onnx").read_bytes() != (tmp_path / "a" / "model.onnx").read_bytes()
+    (tmp_path / "rt_plugin.py").write_text("OFFSET = 3.0\n")
+    assert "capture" in build("d")["cache"]["computed"]
+
+
 def test_an_unusable_cache_root_is_a_config_error_before_any_stage(tmp_path: Path) -> None:
     from onnxbuild.errors import ConfigError
 

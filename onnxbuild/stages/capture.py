@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from omegaconf import DictConfig
@@ -179,6 +180,17 @@ def _join_failures(errors: list[str]) -> str:
     return "; ".join(errors)
 
 
+def _runtime_modules(target: str, before: set[str]) -> dict[str, str]:
+    """Local modules loaded while the model was built, or in the factory's own top-level package,
+    that the import-reading fingerprint does not already cover."""
+    from onnxbuild.fingerprint import loaded_local_modules, target_identity
+
+    top = target.split(".")[0]
+    names = {n for n in sys.modules if n not in before or n == top or n.startswith(top + ".")}
+    static = set(target_identity(target).get("local_modules") or {})
+    return loaded_local_modules(names, exclude=static)
+
+
 STATEFUL_HINT = "update the state only when self.training, or pass it in as an input and return the new state as an output"
 
 
@@ -261,7 +273,9 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact | None = None
 
     import torch
 
+    before = set(sys.modules)
     model = ctx.model()
+    runtime_modules = _runtime_modules(str(ctx.cfg.model._target_), before)
     sizes = export_sizes(ctx.specs)
     values = make_inputs(ctx.specs, sizes, seed=int(ctx.cfg.seed))
     values = {k: v.to(ctx.torch_device) if isinstance(v, torch.Tensor) else v for k, v in values.items()}
@@ -335,6 +349,9 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact | None = None
             "example_sizes": sizes,
             "fx_nodes": sum(1 for n in exported.graph.nodes if n.op == "call_function"),
             "mutated_buffers": mutated,
+            # Local modules the factory loaded at run time (not found by reading its imports): a
+            # cached capture is reused only while they are unchanged (pipeline._stale_capture).
+            "runtime_modules": runtime_modules,
             "constants": constants,
             # What the weight init did: a build fact that must survive a cache hit on this stage.
             "model_init": ctx.facts.get("model_init"),
