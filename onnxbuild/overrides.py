@@ -3,7 +3,8 @@
 `dynamic` maps a dim index (an int key) to its range, and OmegaConf refuses the string key that
 a dotted path gives it: `input.inputs.0.dynamic.0.max=8` fails with "Key 0 (str) is incompatible
 with (int)". Before Hydra parses the command line, such an override becomes the dict override that
-OmegaConf accepts and that merges into the preset's dim: `input.inputs.0.dynamic={0:{max:8}}`.
+OmegaConf accepts and that merges into the preset's dims: `++input.inputs.0.dynamic={0:{max:8}}`
+(`++` so that a dim the preset does not have can be added too).
 A sweep over one field (`...dynamic.0.max=8,16,32`) becomes a sweep over those dicts.
 """
 
@@ -47,7 +48,8 @@ def rewrite_dynamic_overrides(args: list[str]) -> list[str]:
         else:
             whole.setdefault(path, {})[dim] = match["value"][1:-1]
     for path, at in first_at.items():
-        kept[at] = f"{path}={','.join(_dict_values(path, fields.get(path, {}), whole.get(path, {})))}"
+        # `++`: merge, and allow a dim index the preset does not have yet (struct mode refuses it).
+        kept[at] = f"++{path}={','.join(_dict_values(path, fields.get(path, {}), whole.get(path, {})))}"
     return [arg for arg in kept if arg is not None]
 
 

@@ -16,14 +16,18 @@ PATH = "input.inputs.0.dynamic"
 
 def test_a_field_override_becomes_a_merging_dict() -> None:
     args = ["model=tiny_cnn", f"{PATH}.0.max=8", f"{PATH}.0.min=2", "opset=17"]
-    assert rewrite_dynamic_overrides(args) == ["model=tiny_cnn", f"{PATH}={{0:{{max:8,min:2}}}}", "opset=17"]
+    assert rewrite_dynamic_overrides(args) == [
+        "model=tiny_cnn",
+        f"++{PATH}={{0:{{max:8,min:2}}}}",
+        "opset=17",
+    ]
 
 
 def test_several_dims_and_inputs() -> None:
     args = [f"{PATH}.0.max=4", f"+{PATH}.2={{name:height,min:16,max:64}}", "input.inputs.1.dynamic.0.name=b"]
     assert rewrite_dynamic_overrides(args) == [
-        f"{PATH}={{0:{{max:4}},2:{{name:height,min:16,max:64}}}}",
-        "input.inputs.1.dynamic={0:{name:b}}",
+        f"++{PATH}={{0:{{max:4}},2:{{name:height,min:16,max:64}}}}",
+        "++input.inputs.1.dynamic={0:{name:b}}",
     ]
 
 
@@ -31,7 +35,7 @@ def test_a_sweep_over_one_field_sweeps_dicts() -> None:
     args = ["-m", f"{PATH}.0.max=8,16,32", f"{PATH}.0.min=2"]
     assert rewrite_dynamic_overrides(args) == [
         "-m",
-        f"{PATH}={{0:{{max:8,min:2}}}},{{0:{{max:16,min:2}}}},{{0:{{max:32,min:2}}}}",
+        f"++{PATH}={{0:{{max:8,min:2}}}},{{0:{{max:16,min:2}}}},{{0:{{max:32,min:2}}}}",
     ]
 
 
@@ -62,3 +66,28 @@ def test_the_cli_applies_a_dim_override(tmp_path: Path) -> None:
     dynamic = yaml.safe_load(proc.stdout)["input"]["inputs"][0]["dynamic"]
     assert dynamic[0] == {"name": "batch", "min": 1, "max": 4}
     assert dynamic[2] == {"name": "height", "min": 20, "max": 64} and dynamic[3]["min"] == 16
+
+
+def test_the_cli_adds_a_dim_and_checks_its_index(tmp_path: Path) -> None:
+    added = run_cli(
+        ["model=tiny_cnn", "input=image32", f"{PATH}.2={{name:h,min:16,max:64}}", "--cfg", "job"],
+        cwd=tmp_path,
+    )
+    assert added.returncode == 0, added.stderr[-2000:]
+    assert yaml.safe_load(added.stdout)["input"]["inputs"][0]["dynamic"][2] == {
+        "name": "h",
+        "min": 16,
+        "max": 64,
+    }
+    wrong = run_cli(
+        [
+            "model=tiny_cnn",
+            "input=image32",
+            f"{PATH}.5={{name:h,min:1,max:4}}",
+            "cache=off",
+            f"hydra.run.dir={tmp_path}/r",
+        ],
+        cwd=tmp_path,
+    )
+    assert wrong.returncode == 2
+    assert "input.inputs[0].dynamic.5: dim 5 is outside shape [2, 3, 32, 32]" in wrong.stderr
