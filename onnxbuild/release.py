@@ -63,6 +63,29 @@ def check_release(cfg: DictConfig) -> None:
             raise ConfigError(message, key=key, hint=HINT)
 
 
+def check_release_tolerance(
+    name: str, output_dtype: str, precision: str | None, atol: float, rtol: float, source: str
+) -> None:
+    """A release may tighten a tolerance, never loosen it past the built-in precision default."""
+    from omegaconf import OmegaConf
+
+    from onnxbuild.compare import resolve_tolerance
+    from onnxbuild.schema import _precision_tolerances
+
+    builtin = OmegaConf.create({"precision_defaults": _precision_tolerances()})
+    base_atol, base_rtol, base_source = resolve_tolerance(name, output_dtype, precision, builtin)
+    if atol <= base_atol and rtol <= base_rtol:
+        return
+    key = source if source.startswith("validation.") else "validation.precision_defaults"
+    raise ConfigError(
+        f"output '{name}' would be validated at atol {atol:g} / rtol {rtol:g}, looser than the {base_source} "
+        f"default {base_atol:g} / {base_rtol:g}",
+        key=key,
+        hint="a release is validated at the default tolerances or tighter; drop the override, or build "
+        "without +release",
+    )
+
+
 def _command_line() -> tuple[str | None, list[str]] | None:
     """(the release preset chosen, the task overrides) under Hydra; None elsewhere (compose API)."""
     from hydra.core.hydra_config import HydraConfig

@@ -42,6 +42,29 @@ def test_release_refuses_weaker_settings(tmp_path: Path, override: str, key: str
     assert not (tmp_path / "run" / "stages").exists() and not (tmp_path / "release").exists()
 
 
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("validation.atol=1", "validation.atol"),
+        ("+validation.outputs.output.rtol=0.5", "validation.outputs.output"),
+        ("validation.precision_defaults.float32.atol=0.1", "validation.precision_defaults"),
+    ],
+)
+def test_release_refuses_a_looser_tolerance(tmp_path: Path, override: str, key: str) -> None:
+    cfg = compose_config([*TINY, "+release=default", override, f"release.root={tmp_path / 'release'}"])
+    with pytest.raises(ConfigError) as info:
+        run_build(cfg, tmp_path / "run")
+    assert info.value.key == key and "looser than the precision float32 default" in info.value.message
+    assert not (tmp_path / "run" / "model.onnx").exists() and not (tmp_path / "release").exists()
+
+
+def test_release_accepts_a_tighter_tolerance(tmp_path: Path) -> None:
+    cfg = compose_config(
+        [*TINY, "+release=default", "validation.atol=1e-5", f"release.root={tmp_path / 'release'}"]
+    )
+    assert run_build(cfg, tmp_path / "run").model_path is not None
+
+
 def test_release_bundle(tmp_path: Path) -> None:
     cfg = compose_config([*TINY, "+release=default", f"release.root={tmp_path / 'release'}"])
     result = run_build(cfg, tmp_path / "run")

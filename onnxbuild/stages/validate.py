@@ -23,6 +23,7 @@ from onnxbuild.errors import ConfigError, StageError, ValidationFailed
 from onnxbuild.input_sets import branch_coverage_warning, extra_validation_sets
 from onnxbuild.inputs import EDGE_PROFILES, InputSet, split_call, to_numpy_feed, validation_input_sets
 from onnxbuild.ort_sessions import DEFAULT_LEVEL, safe_level, session_options
+from onnxbuild.release import check_release_tolerance
 from onnxbuild.stages.capture import first_line
 from onnxbuild.validation_checks import check_output_overrides, check_validation_section
 
@@ -199,6 +200,7 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact) -> Artifact:
         fed = ", ".join(f"'{n}'" for n in sorted(nondet_names)) or "no output"
         finding = f"non-deterministic graph: {', '.join(ops)} at node(s) {where} feed(s) {fed}"
 
+    releasing = ctx.cfg.get("release") is not None and bool(ctx.cfg.release.enabled)
     results: list[dict[str, Any]] = []
     tolerances: dict[str, dict[str, Any]] = {}
     groups: dict[tuple, list[list[np.ndarray]]] = {}
@@ -239,6 +241,8 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact) -> Artifact:
         for name, (ref, ref_dtype), act in zip(names, reference, actual, strict=False):
             atol, rtol, source = resolve_tolerance(name, ref_dtype, precision, section)
             tolerances[name] = {"atol": atol, "rtol": rtol, "source": source}
+            if releasing:
+                check_release_tolerance(name, ref_dtype, precision, atol, rtol, source)
             stats = compare_output(np.asarray(ref), np.asarray(act), atol, rtol, reference_dtype=ref_dtype)
             if name in nondet_names:
                 stats["nondeterministic"] = True
