@@ -150,6 +150,30 @@ def load_state_dict(path: Path) -> dict[str, Any]:
     return state
 
 
+def _download_hint(factory: Any, kwargs: dict[str, Any]) -> str:
+    """Name the factory's weight arguments left at their (downloading) defaults, e.g. torchvision
+    detection models' `weights_backbone`, which defaults to ImageNet weights."""
+    import inspect
+
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        params = {}
+    unset = [
+        name
+        for name, param in params.items()
+        if ("weights" in name or "pretrained" in name)
+        and name not in kwargs
+        and param.default not in (None, False, inspect.Parameter.empty)
+    ]
+    fix = ", ".join(f"+model.kwargs.{p}={'false' if 'pretrained' in p else 'null'}" for p in unset)
+    return (
+        "the factory tried to download weights, and builds never download: "
+        + (f"set {fix} (left at a default that downloads), and " if fix else "")
+        + "give trained weights as model.checkpoint (safetensors or a state_dict)"
+    )
+
+
 def build_model(model_cfg: DictConfig, seed: int, extra_prefixes: list[str] | None = None) -> nn.Module:
     """Create the model in eval mode: seeded init, then the checkpoint if one is configured."""
     import torch
@@ -173,8 +197,7 @@ def build_model(model_cfg: DictConfig, seed: int, extra_prefixes: list[str] | No
             f"'{model_cfg._target_}' failed to build the model: {type(exc).__name__}: {plain_text(exc)}",
             key="model.kwargs" if downloading else "model._target_",
             hint=(
-                "the factory tried to download weights, and builds never download: give the weights as "
-                "model.checkpoint (safetensors or a state_dict) and leave pretrained/weights unset"
+                _download_hint(factory, kwargs)
                 if downloading
                 else "run the factory by hand to see the full error (or HYDRA_FULL_ERROR=1)"
             ),

@@ -41,6 +41,17 @@ class Downloading(torch.nn.Module):
         raise urllib.error.URLError("[Errno -2] Name or service not known")
 
 
+def detector(
+    num_classes: int = 3, weights: str | None = None, weights_backbone: str | None = "IMAGENET1K_V1"
+) -> nn.Module:
+    """Like torchvision's detection factories: the backbone's weights default to a download."""
+    if weights is not None or weights_backbone is not None:
+        import urllib.error
+
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+    return nn.Linear(8, num_classes)
+
+
 def tiny_from_weights(weights: str) -> nn.Module:
     """A factory that loads its own trained weights from a path in model.kwargs."""
     from onnxbuild.zoo import TinyCNN

@@ -156,6 +156,14 @@ def test_a_factory_that_tries_to_download_weights_gets_the_checkpoint_hint(tmp_p
     assert "URLError" in info.value.message and "never download" in info.value.hint
 
 
+def test_the_download_hint_names_the_weight_arguments_left_at_their_default(tmp_path: Path) -> None:
+    # torchvision's detection factories download backbone weights unless weights_backbone=None.
+    with pytest.raises(ModelError) as info:
+        build_custom(tmp_path, "models.detector", "input.inputs=[{name:x,dtype:float32,shape:[2,8]}]")
+    assert "+model.kwargs.weights_backbone=null" in info.value.hint
+    assert "model.kwargs.weights=" not in info.value.hint.replace("weights_backbone", "")
+
+
 def test_checkpoint_for_another_architecture(tmp_path: Path) -> None:
     path = tmp_path / "other.safetensors"
     save_file(TinyCNN(width=4).state_dict(), str(path))
