@@ -150,6 +150,21 @@ def load_state_dict(path: Path) -> dict[str, Any]:
     return state
 
 
+def _checkpoint_hint(saved: set[str], expected: set[str]) -> str:
+    """Say so when the checkpoint's keys are the model's under a prefix (DDP's `module.`, a Lightning
+    module's `model.`): the fix is to strip it when saving, not another architecture."""
+    generic = "the checkpoint must come from the same architecture and model.kwargs"
+    prefixes = {key.split(".", 1)[0] + "." for key in saved if "." in key}
+    if len(prefixes) == 1:
+        prefix = prefixes.pop()
+        if {key.removeprefix(prefix) for key in saved} == expected:
+            return (
+                f"every checkpoint key carries the prefix '{prefix}' (a DistributedDataParallel or wrapper "
+                f"module's state_dict); save the inner module's state_dict, or strip '{prefix}' from the keys"
+            )
+    return generic
+
+
 def _download_hint(factory: Any, kwargs: dict[str, Any]) -> str:
     """Name the factory's weight arguments left at their (downloading) defaults, e.g. torchvision
     detection models' `weights_backbone`, which defaults to ImageNet weights."""
@@ -217,6 +232,6 @@ def build_model(model_cfg: DictConfig, seed: int, extra_prefixes: list[str] | No
             raise ModelError(
                 f"checkpoint {ckpt.name} does not fit the model: {plain_text(exc, limit=400)}",
                 key="model.checkpoint",
-                hint="the checkpoint must come from the same architecture and model.kwargs",
+                hint=_checkpoint_hint(set(state), set(model.state_dict())),
             ) from exc
     return model.eval()

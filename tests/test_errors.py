@@ -173,6 +173,14 @@ def test_checkpoint_for_another_architecture(tmp_path: Path) -> None:
     assert info.value.message.count("Error(s) in loading state_dict") == 1
 
 
+def test_a_ddp_prefixed_checkpoint_gets_a_prefix_hint(tmp_path: Path) -> None:
+    path = tmp_path / "ddp.safetensors"
+    save_file({f"module.{k}": v for k, v in TinyCNN().state_dict().items()}, str(path))
+    with pytest.raises(ModelError) as info:
+        build(tmp_path, "model=tiny_cnn", f"model.checkpoint={path}")
+    assert "prefix 'module.'" in info.value.hint
+
+
 def test_errors_found_before_any_work_exit_2(tmp_path: Path) -> None:
     # A missing checkpoint is a ModelError, but found in preflight: the configuration's fault.
     from onnxbuild.errors import BuildError
