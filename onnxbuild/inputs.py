@@ -474,15 +474,23 @@ def export_max(ddim: DynamicDim) -> int:
     return max(ddim.max, ddim.min + 2)
 
 
+def widened_dims(specs: list[InputSpec]) -> list[str]:
+    """Dynamic dims whose trace range export_max widens past the spec's max."""
+    return [n for n, d in dynamic_dims(specs).items() if export_max(d) != d.max]
+
+
 def export_dynamic_shapes(
-    model: torch.nn.Module, specs: list[InputSpec], args: tuple, kwargs: dict
+    model: torch.nn.Module, specs: list[InputSpec], args: tuple, kwargs: dict, widen: bool = True
 ) -> dict[str, Any] | None:
-    """torch.export `dynamic_shapes`, keyed by the forward's parameter names."""
+    """torch.export `dynamic_shapes`, keyed by the forward's parameter names (trace ranges widened by
+    export_max unless `widen` is false)."""
     from torch.export import Dim
 
     if not dynamic_dims(specs):
         return None
-    dim_objects = {n: Dim(n, min=d.min, max=export_max(d)) for n, d in dynamic_dims(specs).items()}
+    dim_objects = {
+        n: Dim(n, min=d.min, max=export_max(d) if widen else d.max) for n, d in dynamic_dims(specs).items()
+    }
     spec_by_name = {s.name: s for s in specs}
     try:
         bound = inspect.signature(model.forward).bind(*args, **kwargs)

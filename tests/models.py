@@ -121,3 +121,15 @@ class RunningMean(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.ema.mul_(0.9).add_(0.1 * x.mean(0))
         return self.linear(x - self.ema)
+
+
+class AtMostTwo(nn.Module):
+    """Checks its batch against the spec's max (2): the widened trace range [1, 3] is refused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        torch._check(x.shape[0] <= 2)
+        return self.linear(x)

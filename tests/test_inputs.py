@@ -160,3 +160,18 @@ def test_a_two_value_range_is_traced_wider_so_torch_cannot_bake_it_in(
     from onnxbuild.inputs import DynamicDim, export_max
 
     assert export_max(DynamicDim(name="batch", min=lo, max=hi)) == traced_max
+
+
+def test_a_model_that_refuses_the_widened_range_is_traced_at_the_exact_one(tmp_path) -> None:
+    from onnxbuild.pipeline import run_build
+    from tests.conftest import compose_config
+
+    inputs = "[{name:x,dtype:float32,shape:[2,8],dynamic:{0:{name:batch,min:1,max:2}}}]"
+    cfg = compose_config(
+        ["model=custom", "model._target_=tests.models.AtMostTwo", "allowed_target_prefixes=[tests.]",
+         f"input.inputs={inputs}", "cache=off"]
+    )  # fmt: skip
+    result = run_build(cfg, tmp_path / "run")
+    capture = result.stages[0]["info"]
+    assert capture["trace_range"] == "exact" and "Constraints violated" in capture["fallback_errors"][0]
+    assert result.report["validation"]["passed"] and result.model_path is not None

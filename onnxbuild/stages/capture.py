@@ -12,7 +12,7 @@ from onnxbuild.artifacts import file_sha256
 from onnxbuild.context import Artifact, BuildContext
 from onnxbuild.errors import ANSI, ConfigError, StageError
 from onnxbuild.export_utils import save_exported_program
-from onnxbuild.inputs import export_dynamic_shapes, export_sizes, make_inputs, split_call
+from onnxbuild.inputs import export_dynamic_shapes, export_sizes, make_inputs, split_call, widened_dims
 from onnxbuild.logutil import FILE_ONLY
 from onnxbuild.torch_output import torch_output_to_log
 
@@ -300,18 +300,30 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact | None = None
     last_exc: BaseException | None = None
     failures: list[BaseException] = []
     strategy_used = None
-    for strategy in STRATEGIES[str(section.strategy)]:
+    strategies = STRATEGIES[str(section.strategy)]
+    plans = [(strategy, dynamic_shapes, "") for strategy in strategies]
+    widened = widened_dims(ctx.specs)
+    if widened:
+        # The widened trace range (export_max) is refused by a model that checks its sizes against
+        # the spec's max: then trace the exact range (convert still checks the dims stay dynamic).
+        exact = export_dynamic_shapes(model, ctx.specs, args, kwargs, widen=False)
+        plans += [(strategy, exact, " (exact range)") for strategy in strategies]
+    trace_range = "widened" if widened else "exact"
+    for strategy, shapes, label in plans:
         try:
-            with torch_output_to_log(f"capture ({strategy})"):
+            with torch_output_to_log(f"capture ({strategy}{label})"):
                 exported = torch.export.export(
-                    model, args, kwargs, dynamic_shapes=dynamic_shapes, strict=strategy == "strict"
+                    model, args, kwargs, dynamic_shapes=shapes, strict=strategy == "strict"
                 )
             strategy_used = strategy
+            trace_range = "exact" if label else trace_range
             break
         except Exception as exc:  # the exporter raises many unrelated types
             # The error line names every strategy's failure: the terminal gets it once, from there.
-            log.warning("capture with strategy %s failed: %s", strategy, first_line(exc), extra=FILE_ONLY)
-            errors.append(f"{strategy}: {failure_text(exc)}")
+            log.warning(
+                "capture with strategy %s failed: %s", strategy + label, first_line(exc), extra=FILE_ONLY
+            )
+            errors.append(f"{strategy}{label}: {failure_text(exc)}")
             last_exc = exc
             failures.append(exc)
     if exported is not None and errors:
@@ -349,6 +361,8 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact | None = None
             "example_sizes": sizes,
             "fx_nodes": sum(1 for n in exported.graph.nodes if n.op == "call_function"),
             "mutated_buffers": mutated,
+            # "widened": dims with a two-value range were traced over three (inputs.export_max).
+            "trace_range": trace_range,
             # Local modules the factory loaded at run time (not found by reading its imports): a
             # cached capture is reused only while they are unchanged (pipeline._stale_capture).
             "runtime_modules": runtime_modules,
