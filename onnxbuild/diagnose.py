@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from onnxbuild.export_utils import load_exported_program
 from onnxbuild.ort_sessions import DEFAULT_LEVEL, session_options
 
 if TYPE_CHECKING:
@@ -267,7 +268,7 @@ def localize(
     errors: dict[str, float | None] = {}  # max abs error of each stage's artifact on this input
     matches: dict[str, bool] = {}
     for name, path in programs:
-        ep = torch.export.load(str(path))
+        ep = load_exported_program(path, ctx.facts.get("io"))
         with torch.no_grad():
             outputs = tree_flatten(ep.module()(*args, **kwargs))[0]
         errors[name] = _max_abs(reference, outputs)
@@ -315,7 +316,7 @@ def localize(
                 "stage_errors": errors,
                 "summary": "the ONNX graph differs; no FX graph to compare with",
             }
-        ep = torch.export.load(str(last_ep))
+        ep = load_exported_program(last_ep, ctx.facts.get("io"))
         try:
             ep = _decomposed_program(ep)
         except Exception as exc:  # private exporter API: fall back to the undecomposed graph

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from torch.export import ExportedProgram
@@ -29,3 +29,66 @@ def save_exported_program(ep: ExportedProgram, path: Path) -> None:
 
     canonicalize_exported_program(ep)
     torch.export.save(ep, str(path))
+
+
+def output_type_names(value: Any, depth: int = 0) -> list[str]:
+    """Qualified names of the output containers that torch.export serializes by type name
+    (Hugging Face ModelOutput classes, plain dataclasses): a loaded program needs them registered."""
+    import dataclasses
+
+    if depth > 20:
+        return []
+    names: list[str] = []
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        cls = type(value)
+        names.append(f"{cls.__module__}:{cls.__qualname__}")
+        children = [getattr(value, f.name) for f in dataclasses.fields(value)]
+    elif isinstance(value, dict):
+        children = list(value.values())
+    elif isinstance(value, (list, tuple)):
+        children = list(value)
+    else:
+        return []
+    for child in children:
+        names.extend(output_type_names(child, depth + 1))
+    return sorted(set(names))
+
+
+def register_output_types(names: list[str]) -> None:
+    """Import and register (as pytree nodes) the output container types a saved program names.
+
+    After a cache hit on capture nothing has imported them: transformers registers its ModelOutput
+    classes when their module is imported, and plain dataclasses are registered by capture only.
+    """
+    import importlib
+
+    import torch
+    from torch.utils._pytree import SUPPORTED_NODES
+
+    for name in names:
+        module_name, _, qualname = name.partition(":")
+        try:
+            cls: Any = importlib.import_module(module_name)
+            for part in qualname.split("."):
+                cls = getattr(cls, part)
+        except (ImportError, AttributeError) as exc:
+            from onnxbuild.errors import StageError
+
+            raise StageError(
+                f"cannot import the model's output type {module_name}.{qualname}: {exc}",
+                key="model._target_",
+                hint="the saved program names this output class; build in the environment that captured it",
+            ) from exc
+        if cls not in SUPPORTED_NODES:
+            torch.export.register_dataclass(cls, serialized_type_name=f"{cls.__module__}.{cls.__qualname__}")
+
+
+def load_exported_program(path: Path, io: dict[str, Any] | None) -> ExportedProgram:
+    """torch.export.load, with the output types the capture recorded registered first."""
+    import torch
+
+    from onnxbuild.torch_output import torch_output_to_log
+
+    register_output_types(list((io or {}).get("output_types") or []))
+    with torch_output_to_log(f"load {path.name}"):
+        return torch.export.load(str(path))

@@ -142,3 +142,15 @@ def test_minilm_builds_and_validates_on_tokenized_sentences(tmp_path: Path) -> N
     similarity = emb @ emb.T
     assert abs(float((emb**2).sum(axis=1).mean()) - 1.0) < 1e-4  # normalised
     assert similarity[0, 1] > similarity[0, 2] + 0.3
+
+
+def test_a_new_process_converts_a_cached_hf_capture(tmp_path: Path) -> None:
+    """The saved program names transformers' output class; a process whose capture and fx_optimize
+    were cache hits had never imported it, and torch.export.load failed in convert."""
+    common = ["model=bert_tiny", *SMALL_TEXT, "validation.enabled=false", f"cache.root={tmp_path / 'cache'}"]
+    first = run_cli([*common, "opset=18", f"hydra.run.dir={tmp_path / 'a'}"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = run_cli([*common, "opset=20", f"hydra.run.dir={tmp_path / 'b'}"], cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert report["cache"]["hits"] == ["capture", "fx_optimize"] and "convert" in report["cache"]["computed"]

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from onnxbuild.artifacts import file_sha256
 from onnxbuild.context import Artifact, BuildContext
 from onnxbuild.errors import ANSI, ConfigError, StageError
-from onnxbuild.export_utils import save_exported_program
+from onnxbuild.export_utils import output_type_names, save_exported_program
 from onnxbuild.inputs import export_dynamic_shapes, export_sizes, make_inputs, split_call, widened_dims
 from onnxbuild.logutil import FILE_ONLY
 from onnxbuild.torch_output import torch_output_to_log
@@ -369,6 +369,12 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact | None = None
             "constants": constants,
             # What the weight init did: a build fact that must survive a cache hit on this stage.
             "model_init": ctx.facts.get("model_init"),
-            "io": {"placeholder_to_input": placeholder_to_input, "outputs": names, "output_kinds": kinds},
+            "io": {
+                "placeholder_to_input": placeholder_to_input,
+                "outputs": names,
+                "output_kinds": kinds,
+                # Registered before any later load of the program (export_utils.load_exported_program).
+                "output_types": output_type_names(outputs),
+            },
         },
     )

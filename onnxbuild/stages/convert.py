@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from onnxbuild.artifacts import file_sha256
 from onnxbuild.context import Artifact, BuildContext
 from onnxbuild.errors import StageError
+from onnxbuild.export_utils import load_exported_program
 from onnxbuild.onnx_utils import (
     canonicalize,
     input_dims,
@@ -114,7 +115,7 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact) -> Artifact:
     io = upstream.info["io"]
     check_outputs_are_tensors(io)
     # fx_optimize hands on a program it loaded; capture hands on none (see stages/fx_optimize.py).
-    ep = upstream.payload if upstream.payload is not None else torch.export.load(str(upstream.path))
+    ep = upstream.payload if upstream.payload is not None else load_exported_program(upstream.path, io)
     user_inputs = [name for name in ep.graph_signature.user_inputs if isinstance(name, str)]
     input_names = [io["placeholder_to_input"].get(name, name) for name in user_inputs]
     requested = int(section.opset)

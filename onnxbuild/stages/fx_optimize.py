@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from onnxbuild.artifacts import file_sha256
 from onnxbuild.context import Artifact, BuildContext
-from onnxbuild.export_utils import save_exported_program
+from onnxbuild.export_utils import load_exported_program, save_exported_program
 
 if TYPE_CHECKING:
     import torch
@@ -117,14 +117,13 @@ def remove_noops(ep: ExportedProgram) -> int:
 
 
 def run(ctx: BuildContext, section: DictConfig, upstream: Artifact) -> Artifact:
-    import torch
 
     # The saved program, never the live one: the live one's fake tensors keep view strides and
     # offsets a loaded one lacks (other bytes in gpt2's .pt2), and its ShapeEnv keeps capture's
     # symbol sources (bert's batch read from attention_mask, not input_ids, in convert.onnx) and
     # makes the exporter's re-trace slower. Loaded once here, the program is then handed on live:
     # these passes keep it equal to what reloading fx_optimize.pt2 gives.
-    ep = torch.export.load(str(upstream.path))
+    ep = load_exported_program(upstream.path, upstream.info.get("io"))
     before = _call_count(ep)
     counts = {"batchnorm_folded": 0, "noops_removed": 0, "dead_removed": 0}
     if section.fold_batchnorm:
