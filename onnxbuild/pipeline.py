@@ -279,12 +279,18 @@ def _run_stage(spec: StageSpec, ctx: BuildContext, upstream: Artifact | None) ->
             exc.stage = spec.name
         raise
     except Exception as exc:
+        import traceback
+
+        from onnxbuild.logutil import FILE_ONLY
         from onnxbuild.stages.capture import first_line
 
+        log.error("unexpected failure in stage %s:\n%s", spec.name, traceback.format_exc(), extra=FILE_ONLY)
+        cause = exc.__cause__ or exc.__context__
+        because = f" (caused by {type(cause).__name__}: {first_line(cause)})" if cause is not None else ""
         raise StageError(
-            f"{type(exc).__name__}: {first_line(exc)}",
+            f"{type(exc).__name__}: {first_line(exc)}{because}",
             stage=spec.name,
-            hint="unexpected failure; run with HYDRA_FULL_ERROR=1 for the traceback",
+            hint="unexpected failure; the traceback is in the run's onnxbuild.log",
         ) from exc
     if upstream is not None and "io" not in artifact.info and "io" in upstream.info:
         artifact.info["io"] = upstream.info["io"]

@@ -228,3 +228,32 @@ def test_bfloat16_graph_onnxruntime_cannot_run_on_cpu_gets_a_dtype_hint(tmp_path
         )
     assert info.value.stage == "validate" and info.value.key == "input.inputs"
     assert "no bfloat16 kernel" in info.value.message and "float16 or float32" in info.value.hint
+
+
+def test_an_unexpected_stage_failure_names_its_cause_and_logs_the_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import sys
+    import types
+
+    from onnxbuild.context import BuildContext
+    from onnxbuild.errors import StageError
+    from onnxbuild.pipeline import StageSpec, _run_stage
+    from tests.conftest import compose_config
+
+    def run(ctx, section, upstream):
+        try:
+            {}["missing"]
+        except KeyError as exc:
+            raise RuntimeError("check the warnings above") from exc
+
+    module = types.ModuleType("fake_stage")
+    module.run = run
+    monkeypatch.setitem(sys.modules, "fake_stage", module)
+    ctx = BuildContext(cfg=compose_config(TINY), run_dir=tmp_path, specs=[])
+    with pytest.raises(StageError) as info, caplog.at_level("ERROR", logger="onnxbuild"):
+        _run_stage(StageSpec("fake", "fake_stage", lambda cfg: None), ctx, None)
+    assert info.value.stage == "fake"
+    assert "RuntimeError: check the warnings above (caused by KeyError: 'missing')" in info.value.message
+    assert "onnxbuild.log" in info.value.hint
+    assert any("Traceback" in r.getMessage() and "KeyError" in r.getMessage() for r in caplog.records)
