@@ -154,3 +154,14 @@ def test_a_new_process_converts_a_cached_hf_capture(tmp_path: Path) -> None:
     assert second.returncode == 0, second.stderr[-3000:]
     report = json.loads((tmp_path / "b" / "report.json").read_text())
     assert report["cache"]["hits"] == ["capture", "fx_optimize"] and "convert" in report["cache"]["computed"]
+
+
+@needs_minilm
+def test_a_tokenizer_too_big_for_the_model_names_model_tokenizer(tmp_path: Path) -> None:
+    # MiniLM's 30k-token tokenizer on bert_tiny (vocab_size 1000): the sentence sets index past its table.
+    from onnxbuild.errors import ConfigError
+
+    cfg = compose_config(["model=bert_tiny", *SMALL_TEXT, "model.tokenizer=minilm", "cache=off"])
+    with pytest.raises(ConfigError) as info:
+        run_build(cfg, tmp_path / "run")
+    assert info.value.key == "model.tokenizer" and "the tokenizer gives ids up to" in info.value.hint

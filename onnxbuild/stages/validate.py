@@ -217,12 +217,32 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact) -> Artifact:
             # The export example ran, so it is this set's values (e.g. token ids at `high - 1`
             # beyond the embedding table) or sizes that eager PyTorch rejects.
             shapes = {k: list(v.shape) for k, v in feed.items()}
+            tokenized = input_set.label.startswith("sentences") and ctx.cfg.model.get("tokenizer")
+            if tokenized:
+                # The tokenizer's ids, not input.inputs' ranges: e.g. a 30k vocabulary on a 1k-token model.
+                top = max(
+                    (int(v.max()) for v in feed.values() if v.dtype.kind in "iu" and v.size), default=None
+                )
+                key, hint = (
+                    "model.tokenizer",
+                    (
+                        f"the tokenizer gives ids up to {top} that the model rejects: use the tokenizer the model was "
+                        "trained with (a vocabulary no larger than the model's), or drop input.sentences"
+                    ),
+                )
+            else:
+                key, hint = (
+                    "input.inputs",
+                    (
+                        "fit the inputs' low/high (integer ranges are [low, high)) and dynamic min/max to what the "
+                        "model accepts, or drop the profile from validation.profiles"
+                    ),
+                )
             raise ConfigError(
                 f"eager PyTorch rejects validation input set '{input_set.label}' {shapes}: "
                 f"{type(exc).__name__}: {first_line(exc)}",
-                key="input.inputs",
-                hint="fit the inputs' low/high (integer ranges are [low, high)) and dynamic min/max to what the "
-                "model accepts, or drop the profile from validation.profiles",
+                key=key,
+                hint=hint,
             ) from exc
         try:
             actual = session.run(None, feed)
