@@ -196,6 +196,8 @@ def main() -> None:
         if exc.code not in (0, None) and callbacks.summarize_pending() is not None:
             print("onnxbuild: the sweep was aborted; summary of the jobs so far above", file=sys.stderr)
         raise
+    except BrokenPipeError:
+        raise  # `--help | head`: entry_point exits quietly
     except Exception as exc:
         # With HYDRA_FULL_ERROR set (above), Hydra raises what a launcher or the composition raised.
         if callbacks.summarize_pending() is not None:
@@ -227,6 +229,10 @@ def entry_point() -> None:
         main()
     except SystemExit as exc:
         code = exc.code
+    except BrokenPipeError:
+        # `python -m onnxbuild --help | head`: the reader left; nothing to report.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        os._exit(0)
     if not _single_build_ran:
         sys.exit(code)
     logging.shutdown()

@@ -319,6 +319,9 @@ def test_cache_cli_shows_size_and_prunes(tmp_path: Path) -> None:
             cache_main(["--root", str(cache.root), "prune", *bad])
         assert exc.value.code == 2
     assert len(cache.entries()) == 2
+    with pytest.raises(SystemExit) as exc:  # a mistyped root is not an empty cache
+        cache_main(["--root", str(tmp_path / "no-such-cache"), "info"])
+    assert exc.value.code == 2 and not (tmp_path / "no-such-cache").exists()
 
 
 def test_a_local_helper_module_the_factory_imports_changes_the_key(
