@@ -154,8 +154,8 @@ class ValidationConfig:
     # Tolerances for every output; null = the default of the output's precision (precision_defaults).
     atol: Optional[float] = None
     rtol: Optional[float] = None
-    # Defaults by precision: the lowest float precision among the model's weights, float inputs and
-    # the output itself. Integer and bool outputs are compared exactly unless overridden.
+    # Defaults by precision: the lowest float precision among the model's weights and the output
+    # itself (not the inputs: eager and onnxruntime get the same input values). Integer and bool outputs are compared exactly unless overridden.
     precision_defaults: Dict[str, ToleranceConfig] = field(default_factory=_precision_tolerances)
     # Per output name: {logits: {atol: 1e-3, rtol: 1e-2}}; wins over atol/rtol and precision_defaults.
     # (Untyped values: Hydra cannot add new keys to a Dict of dataclasses from the command line;

@@ -133,3 +133,14 @@ class AtMostTwo(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         torch._check(x.shape[0] <= 2)
         return self.linear(x)
+
+
+class FloatFromHalf(nn.Module):
+    """float16 in, float32 computation and output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.float())

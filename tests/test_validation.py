@@ -300,6 +300,16 @@ def test_a_forward_that_updates_a_buffer_is_named_as_the_cause(tmp_path: Path) -
     assert any("updates buffer(s) 'ema'" in w for w in report["warnings"])
 
 
+def test_a_float16_input_to_a_float32_model_keeps_float32_tolerances(tmp_path: Path) -> None:
+    inputs = "[{name:x,dtype:float16,shape:[2,8],dynamic:{0:{name:batch,min:1,max:4}}}]"
+    build(
+        tmp_path,
+        [*CUSTOM, "model._target_=tests.models.FloatFromHalf", f"input.inputs={inputs}", "cache=off"],
+    )
+    tolerance = validation_json(tmp_path)["tolerances"]["output"]
+    assert tolerance == {"atol": 1e-4, "rtol": 1e-3, "source": "precision float32"}
+
+
 def test_batchnorm_in_eval_mutates_nothing(tmp_path: Path) -> None:
     result = build(tmp_path, ["model=tiny_cnn", "input=image32", "validation.enabled=false"])
     assert result.stages[0]["info"]["mutated_buffers"] == []
