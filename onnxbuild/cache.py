@@ -354,7 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not Path(args.root).is_dir():
         # A typo in --root (or ONNXBUILD_CACHE_DIR) would otherwise report an empty cache.
-        parser.error(f"no cache at {args.root} (not a directory); builds create it at cache.root on first use")
+        parser.error(
+            f"no cache at {args.root} (not a directory); builds create it at cache.root on first use"
+        )
     cache = StageCache(Path(args.root))
     if args.command == "prune":
         if args.max_size is None and args.older_than is None:

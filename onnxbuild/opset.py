@@ -11,6 +11,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from onnxbuild.errors import StageError
+from onnxbuild.torch_output import library_logs_to_log
 
 if TYPE_CHECKING:
     import onnx
@@ -79,7 +80,8 @@ def convert_opset(model: onnx.ModelProto, target: int) -> onnx.ModelProto:
     folded = optimizer.optimize(model)  # version adapters need constant axes/shapes
     ir_model = ir.from_proto(folded)
     try:
-        version_converter.convert_version(ir_model, target, fallback=True)
+        with library_logs_to_log("opset conversion", "onnxscript", "onnx_ir"):
+            version_converter.convert_version(ir_model, target, fallback=True)
     except Exception as exc:  # the C API raises plain RuntimeErrors
         raise StageError(
             f"cannot convert from opset {source} to {target}: {str(exc).splitlines()[0]}",

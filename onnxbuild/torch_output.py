@@ -55,3 +55,38 @@ def torch_output_to_log(label: str) -> Iterator[None]:
         text = buffer.getvalue().strip()
         if text:
             log.info("%s: torch output (kept off the terminal):\n%s", label, text, extra=FILE_ONLY)
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+        self.setFormatter(logging.Formatter("%(name)s %(levelname)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+@contextlib.contextmanager
+def library_logs_to_log(label: str, *logger_names: str) -> Iterator[None]:
+    """Keep a library's warnings (with their tracebacks) off the terminal, in onnxbuild.log: e.g.
+    onnxscript's version converter warns, traceback and all, before we raise our own one-line error."""
+    collect = _Collect()
+    loggers = [logging.getLogger(name) for name in logger_names]
+    previous = [(logger, logger.propagate) for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(collect)
+        logger.propagate = False
+    try:
+        yield
+    finally:
+        for logger, propagate in previous:
+            logger.removeHandler(collect)
+            logger.propagate = propagate
+        if collect.lines:
+            log.info(
+                "%s: library output (kept off the terminal):\n%s",
+                label,
+                "\n".join(collect.lines),
+                extra=FILE_ONLY,
+            )
