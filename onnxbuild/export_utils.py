@@ -31,17 +31,16 @@ def save_exported_program(ep: ExportedProgram, path: Path) -> None:
     torch.export.save(ep, str(path))
 
 
-def output_type_names(value: Any, depth: int = 0) -> list[str]:
-    """Qualified names of the output containers that torch.export serializes by type name
-    (Hugging Face ModelOutput classes, plain dataclasses): a loaded program needs them registered."""
+def output_dataclass_types(value: Any, depth: int = 0) -> list[type]:
+    """The dataclass types (Hugging Face ModelOutput classes, plain @dataclass) in an output
+    structure: torch.export serializes them by type name, so they must be pytree nodes."""
     import dataclasses
 
     if depth > 20:
         return []
-    names: list[str] = []
+    found: list[type] = []
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        cls = type(value)
-        names.append(f"{cls.__module__}:{cls.__qualname__}")
+        found.append(type(value))
         children = [getattr(value, f.name) for f in dataclasses.fields(value)]
     elif isinstance(value, dict):
         children = list(value.values())
@@ -50,8 +49,22 @@ def output_type_names(value: Any, depth: int = 0) -> list[str]:
     else:
         return []
     for child in children:
-        names.extend(output_type_names(child, depth + 1))
-    return sorted(set(names))
+        found.extend(t for t in output_dataclass_types(child, depth + 1) if t not in found)
+    return found
+
+
+def output_type_names(value: Any) -> list[str]:
+    """`module:qualname` of each output dataclass type, for registering them before a later load."""
+    return sorted({f"{cls.__module__}:{cls.__qualname__}" for cls in output_dataclass_types(value)})
+
+
+def register_dataclass_type(cls: type) -> None:
+    """Make a dataclass a pytree node (HF ModelOutput classes already are, once imported)."""
+    import torch
+    from torch.utils._pytree import SUPPORTED_NODES
+
+    if cls not in SUPPORTED_NODES:
+        torch.export.register_dataclass(cls, serialized_type_name=f"{cls.__module__}.{cls.__qualname__}")
 
 
 def register_output_types(names: list[str]) -> None:
@@ -61,9 +74,6 @@ def register_output_types(names: list[str]) -> None:
     classes when their module is imported, and plain dataclasses are registered by capture only.
     """
     import importlib
-
-    import torch
-    from torch.utils._pytree import SUPPORTED_NODES
 
     for name in names:
         module_name, _, qualname = name.partition(":")
@@ -79,8 +89,7 @@ def register_output_types(names: list[str]) -> None:
                 key="model._target_",
                 hint="the saved program names this output class; build in the environment that captured it",
             ) from exc
-        if cls not in SUPPORTED_NODES:
-            torch.export.register_dataclass(cls, serialized_type_name=f"{cls.__module__}.{cls.__qualname__}")
+        register_dataclass_type(cls)
 
 
 def load_exported_program(path: Path, io: dict[str, Any] | None) -> ExportedProgram:

@@ -11,7 +11,12 @@ from omegaconf import DictConfig
 from onnxbuild.artifacts import file_sha256
 from onnxbuild.context import Artifact, BuildContext
 from onnxbuild.errors import ANSI, ConfigError, StageError
-from onnxbuild.export_utils import output_type_names, save_exported_program
+from onnxbuild.export_utils import (
+    output_dataclass_types,
+    output_type_names,
+    register_dataclass_type,
+    save_exported_program,
+)
 from onnxbuild.inputs import export_dynamic_shapes, export_sizes, make_inputs, split_call, widened_dims
 from onnxbuild.logutil import FILE_ONLY
 from onnxbuild.torch_output import torch_output_to_log
@@ -96,33 +101,14 @@ def is_data_dependent(exc: BaseException) -> bool:
     return False
 
 
-def register_output_dataclasses(value: Any, depth: int = 0) -> None:
+def register_output_dataclasses(value: Any) -> None:
     """Make plain @dataclass outputs pytree nodes, so torch.export flattens them to named tensors.
 
     (HF ModelOutput and namedtuples are pytrees already; an unregistered dataclass would be one
     opaque leaf that no ONNX graph can return.)
     """
-    import dataclasses
-
-    from torch.utils._pytree import SUPPORTED_NODES
-
-    if depth > 20:
-        return
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        if type(value) not in SUPPORTED_NODES:
-            import torch
-
-            cls = type(value)
-            torch.export.register_dataclass(cls, serialized_type_name=f"{cls.__module__}.{cls.__qualname__}")
-        children = [getattr(value, f.name) for f in dataclasses.fields(value)]
-    elif isinstance(value, dict):
-        children = list(value.values())
-    elif isinstance(value, (list, tuple)):
-        children = list(value)
-    else:
-        return
-    for child in children:
-        register_output_dataclasses(child, depth + 1)
+    for cls in output_dataclass_types(value):
+        register_dataclass_type(cls)
 
 
 def check_output_names(names: list[str], input_names: list[str]) -> None:
