@@ -98,6 +98,25 @@ def input_dims(model: onnx.ModelProto) -> dict[str, list[int | str]]:
     return dims
 
 
+def tensor_types(model: onnx.ModelProto) -> set[int]:
+    """Element types of the graph's typed values, initializers and constant attributes."""
+    graph = model.graph
+    types = {v.type.tensor_type.elem_type for v in (*graph.input, *graph.output, *graph.value_info)}
+    types |= {t.data_type for t in graph.initializer}
+    types |= {a.t.data_type for n in graph.node for a in n.attribute if a.HasField("t")}
+    return types
+
+
+def file_tensor_types(path: Path) -> set[int]:
+    """tensor_types of a saved model (weights not read); empty when it cannot be read."""
+    import onnx
+
+    try:
+        return tensor_types(onnx.load(str(path), load_external_data=False))
+    except Exception:
+        return set()
+
+
 def is_large(model: onnx.ModelProto) -> bool:
     """Too big for one protobuf (2 GiB): ByteSize() itself fails past the limit."""
     from google.protobuf.message import EncodeError

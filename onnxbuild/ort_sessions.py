@@ -13,9 +13,12 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from onnxbuild.errors import StageError
+
+if TYPE_CHECKING:
+    import onnx
 
 # Highest first; names as in onnxruntime.GraphOptimizationLevel.
 LEVELS = ("ORT_ENABLE_ALL", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_BASIC", "ORT_DISABLE_ALL")
@@ -41,22 +44,11 @@ def session_options(level: str = DEFAULT_LEVEL) -> Any:
     return options
 
 
-def uses_low_precision(path: Path) -> bool:
-    """float16 or bfloat16 anywhere in the graph's typed values or initializers."""
+def uses_low_precision(types: set[int]) -> bool:
+    """float16 or bfloat16 among a graph's tensor types (onnx_utils.tensor_types)."""
     import onnx
 
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:
-        return False
-    low = {onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
-    graph = model.graph
-    typed = [*graph.input, *graph.output, *graph.value_info]
-    if any(v.type.tensor_type.elem_type in low for v in typed) or any(
-        t.data_type in low for t in graph.initializer
-    ):
-        return True
-    return any(a.t.data_type in low for n in graph.node for a in n.attribute if a.HasField("t"))
+    return bool(types & {onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16})
 
 
 def _probe(path: Path, level: str) -> int:
@@ -79,10 +71,18 @@ def _signal_name(code: int) -> str:
         return f"signal {-code}"
 
 
-def safe_level(path: Path, device_name: str, stage: str) -> tuple[str, str | None]:
+def safe_level(
+    path: Path, device_name: str, stage: str, model: onnx.ModelProto | None = None
+) -> tuple[str, str | None]:
     """The highest optimization level at which onnxruntime builds a CPU session for `path` without
-    crashing, and a warning when it is not the default. Graphs not at risk are not probed."""
-    if device_name != "cpu" or not uses_low_precision(path):
+    crashing, and a warning when it is not the default. Graphs not at risk are not probed.
+    `model`: the graph already in memory (else its file is read, weights left out)."""
+    if device_name != "cpu":
+        return DEFAULT_LEVEL, None
+    from onnxbuild.onnx_utils import file_tensor_types, tensor_types
+
+    types = tensor_types(model) if model is not None else file_tensor_types(path)
+    if not uses_low_precision(types):
         return DEFAULT_LEVEL, None
     crashes: list[str] = []
     for level in LEVELS:

@@ -70,22 +70,11 @@ def weak_hint(reason: str, ctx: BuildContext) -> str:
     return "give model.checkpoint, or use model.init=informative"
 
 
-def _uses_bfloat16(path: Path) -> bool:
-    import onnx
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:
-        return False
-    bf16 = onnx.TensorProto.BFLOAT16
-    typed = [*model.graph.input, *model.graph.output, *model.graph.value_info]
-    return any(v.type.tensor_type.elem_type == bf16 for v in typed) or any(
-        t.data_type == bf16 for t in model.graph.initializer
-    )
-
-
 def make_session(path: Path, device_name: str, index: int, level: str = DEFAULT_LEVEL) -> Any:
+    import onnx
     import onnxruntime as ort
+
+    from onnxbuild.onnx_utils import file_tensor_types
 
     try:
         return ort.InferenceSession(
@@ -93,7 +82,9 @@ def make_session(path: Path, device_name: str, index: int, level: str = DEFAULT_
         )
     except Exception as exc:
         text = str(exc)
-        if "NOT_IMPLEMENTED" in text and ("bfloat16" in text or _uses_bfloat16(path)):
+        if "NOT_IMPLEMENTED" in text and (
+            "bfloat16" in text or onnx.TensorProto.BFLOAT16 in file_tensor_types(path)
+        ):
             raise StageError(
                 f"onnxruntime has no bfloat16 kernel for an op of this graph on {device_name}: {first_line(exc)}",
                 stage=NAME,
@@ -165,7 +156,7 @@ def run(ctx: BuildContext, section: DictConfig, upstream: Artifact) -> Artifact:
     names = list(io.get("outputs", []))
     graph = upstream.payload if upstream.payload is not None else load_model(upstream.path)
     random_nodes, random_outputs = _random_op_findings(graph)
-    level, crash_note = safe_level(upstream.path, str(ctx.cfg.device.name), NAME)
+    level, crash_note = safe_level(upstream.path, str(ctx.cfg.device.name), NAME, model=graph)
     if crash_note:
         ctx.warn(crash_note)
     session = make_session(upstream.path, ctx.cfg.device.name, int(ctx.cfg.device.index), level)
