@@ -388,15 +388,17 @@ def _run_stages(ctx: BuildContext, cache: StageCache | None) -> _Attempt:
     return attempt
 
 
-def _stale_capture(cache: StageCache, entry: Entry) -> bool:
-    """A cached capture whose factory loaded, at run time, a local module that has changed since."""
+def _stale_entry(cache: StageCache, spec: StageSpec, entry: Entry) -> bool:
+    """A cache entry that recorded local modules loaded at run time (capture does: its factory's
+    dynamic imports) one of which has changed since: its key could not cover them."""
     from onnxbuild.fingerprint import changed_runtime_modules
 
     changed = changed_runtime_modules(entry.info.get("runtime_modules") or {})
     if not changed:
         return False
     log.warning(
-        "stage capture: cached entry %s not reused: local module(s) %s changed since (imported at run time)",
+        "stage %s: cached entry %s not reused: local module(s) %s changed since (imported at run time)",
+        spec.name,
         entry.key[:12],
         ", ".join(changed[:5]),
     )
@@ -431,7 +433,7 @@ def _stage_loop(ctx: BuildContext, cache: StageCache | None, attempt: _Attempt) 
         t0 = time.perf_counter()
         key = stage_key(spec, cfg, upstream) if cache is not None and spec.cacheable else None
         entry = cache.lookup(key) if cache is not None and key is not None else None
-        if entry is not None and spec.name == "capture" and _stale_capture(cache, entry):
+        if entry is not None and _stale_entry(cache, spec, entry):
             entry = None
         status = "cached"
         if entry is None and not prepared:
