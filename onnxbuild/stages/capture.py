@@ -210,10 +210,14 @@ def mutated_buffers(exported: Any) -> list[str]:
     return sorted(mutated)
 
 
+def buffer_list(buffers: list[str]) -> str:
+    """`'a', 'b' ...`: the first five buffer names, for one-line messages."""
+    return ", ".join(f"'{b}'" for b in buffers[:5]) + (" ..." if len(buffers) > 5 else "")
+
+
 def stateful_warning(buffers: list[str]) -> str:
-    names = ", ".join(f"'{b}'" for b in buffers[:5]) + (" ..." if len(buffers) > 5 else "")
     return (
-        f"model.forward updates buffer(s) {names} on every call: the ONNX graph keeps no state, so outputs "
+        f"model.forward updates buffer(s) {buffer_list(buffers)} on every call: the ONNX graph keeps no state, so outputs "
         f"that depend on it differ from eager PyTorch after the first call (hint: {STATEFUL_HINT})"
     )
 
