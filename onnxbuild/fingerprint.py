@@ -120,6 +120,14 @@ def _is_local(path: Path) -> bool:
     return not any(resolved.is_relative_to(root) for root in _installed_roots())
 
 
+def _model_source(name: str, path: Path | None) -> bool:
+    """A local .py module that counts as model code: not installed, not onnxbuild's own (which
+    source_digest() covers)."""
+    if path is None or path.suffix != ".py" or not path.is_file() or not _is_local(path):
+        return False
+    return not (name.split(".")[0] == "onnxbuild" and path.resolve().is_relative_to(PACKAGE_DIR))
+
+
 def _imported_modules(path: Path, module: str) -> set[str]:
     """Module names a source file imports (absolute, and relative ones resolved), read by AST."""
     import ast
@@ -171,10 +179,8 @@ def local_module_digests(module: str) -> dict[str, str]:
             path = find_module_file(name)
         except (ImportError, ValueError):
             path = None
-        if path is None or not path.is_file() or path.suffix != ".py" or not _is_local(path):
+        if not _model_source(name, path):
             continue
-        if name.split(".")[0] == "onnxbuild" and path.resolve().is_relative_to(PACKAGE_DIR):
-            continue  # covered by source_digest()
         digests[name] = file_sha256(path)
         pending.extend(sorted(_imported_modules(path, name) - seen))
     return dict(sorted(digests.items()))
@@ -191,15 +197,10 @@ def loaded_local_modules(names: set[str], exclude: set[str]) -> dict[str, str]:
     for name in sorted(names):
         module = sys.modules.get(name)
         file = getattr(module, "__file__", None)
-        if not file or not file.endswith(".py") or name in exclude or name == "__main__":
-            continue
-        if "site-packages" in file or "dist-packages" in file:
-            continue
-        path = Path(file)
-        if name.split(".")[0] == "onnxbuild" and path.resolve().is_relative_to(PACKAGE_DIR):
-            continue
-        if path.is_file() and _is_local(path):
-            found[name] = _cached_file_sha256(path)
+        if not file or name in exclude or name == "__main__" or "site-packages" in file:
+            continue  # (the string test only skips resolving thousands of installed modules)
+        if _model_source(name, Path(file)):
+            found[name] = _cached_file_sha256(Path(file))
         if len(found) >= MAX_LOCAL_MODULES:
             break
     return dict(sorted(found.items()))
