@@ -129,13 +129,27 @@ def _model_source(name: str, path: Path | None) -> bool:
 
 
 def _imported_modules(path: Path, module: str) -> set[str]:
-    """Module names a source file imports (absolute, and relative ones resolved), read by AST."""
+    """Module names a source file imports (absolute, and relative ones resolved), read by AST.
+
+    A build reads a factory's imports up to four times (capture's and validate's cache keys, the
+    run-time module scan, the manifest): parsed once per file version.
+    """
+    try:
+        stat = path.stat()
+    except OSError:
+        return set()
+    return set(_imports_by_stamp(str(path.resolve()), stat.st_size, stat.st_mtime_ns, module))
+
+
+@functools.lru_cache(maxsize=4096)
+def _imports_by_stamp(file: str, size: int, mtime_ns: int, module: str) -> frozenset[str]:
     import ast
 
+    path = Path(file)
     try:
         tree = ast.parse(path.read_text(encoding="utf-8"))
     except (OSError, SyntaxError, UnicodeDecodeError):
-        return set()
+        return frozenset()
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     names: set[str] = set()
     for node in ast.walk(tree):
@@ -157,7 +171,7 @@ def _imported_modules(path: Path, module: str) -> set[str]:
     for name in list(names):
         parts = name.split(".")
         names.update(".".join(parts[:i]) for i in range(1, len(parts)))
-    return {n for n in names if n}
+    return frozenset(n for n in names if n)
 
 
 def local_module_digests(module: str) -> dict[str, str]:
